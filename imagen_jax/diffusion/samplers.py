@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_jax.diffusion.guidance import Thresholding, guided_output
-from imagen_jax.diffusion.objectives import DenoiseFn, Prediction, x0_eps_from_output
+from imagen_jax.diffusion.objectives import (DenoiseFn, Prediction, broadcast_to_image,
+                                             x0_eps_from_output)
 from imagen_jax.diffusion.schedules import AnySchedule, alpha_sigma
 
 Array = jax.Array
@@ -121,7 +122,7 @@ def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, 
   x0, eps = x0_eps_from_output(prediction, out, x, logsnr_b)
   if thresholding.kind != "none":
     x0 = thresholding(x0)
-    alpha, sigma = alpha_sigma(logsnr)
+    alpha, sigma = (broadcast_to_image(a, x) for a in alpha_sigma(logsnr_b))
     eps = (x - alpha * x0) / sigma
   return x0, eps
 
