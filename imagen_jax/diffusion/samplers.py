@@ -129,12 +129,20 @@ def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, 
 
 def sample(denoise_fn: DenoiseFn, params: Any, shape: tuple[int, ...], key: Array, cond: Any, *,
            schedule: AnySchedule, config: SamplerConfig, prediction: Prediction = "eps",
-           null_cond: Any = None, x_init: Array | None = None) -> Array:
+           null_cond: Any = None, x_init: Array | None = None,
+           guidance_weight: Array | None = None) -> Array:
   """Draw `shape` samples by running the reverse process of `schedule` with `config`'s sampler.
 
-  Pure: the result is a function of (params, key, cond, null_cond, x_init) alone. `x_init`
-  replaces the initial Gaussian noise (e.g. to share it across runs). Returns x̂ at σ = 0.
+  Pure: the result is a function of (params, key, cond, null_cond, x_init, guidance_weight)
+  alone. `x_init` replaces the initial Gaussian noise (e.g. to share it across runs).
+  `guidance_weight`, if given, overrides `config.guidance_weight` as a traced value: one compiled
+  sampler then serves every weight (the unconditional branch always runs). Returns x̂ at σ = 0.
+
+  `denoise_fn` is a static argument of `jit_sample`: pass the same object (e.g. a module-level
+  function or a frozen dataclass wrapping the model) on every call, or each call recompiles.
   """
+  if guidance_weight is None:
+    guidance_weight = config.guidance_weight
   logsnrs = np.asarray(schedule.sampling_logsnrs(config.num_steps), np.float64)
   n = len(logsnrs) - 1
   init_key, loop_key = jax.random.split(key)
@@ -155,7 +163,7 @@ def sample(denoise_fn: DenoiseFn, params: Any, shape: tuple[int, ...], key: Arra
     x, x0_prev = carry
     l_prev, l, l_next, second_order, i = inputs
     x0, eps = predict_x0_eps(denoise_fn, params, x, l, cond, prediction=prediction,
-                             guidance_weight=config.guidance_weight, null_cond=null_cond,
+                             guidance_weight=guidance_weight, null_cond=null_cond,
                              thresholding=config.thresholding)
     if config.name == "dpmpp_2m":
       x = dpmpp_2m_step(x, x0, x0_prev, l_prev, l, l_next, second_order)
