@@ -77,6 +77,27 @@ def _run_demo(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="config with `data` (captions, splits) and `text` groups, e.g. "
+                      "configs/text.py")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="holds text_cache/<split>/ (and text/default_t5/ when no "
+                      "text.encoder is given)")
+
+
+def _run_encode(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  from imagen_jax.text.cache import CacheError
+  from imagen_jax.text.encode import run_encode
+
+  try:
+    run_encode(config, args.workdir)
+  except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
+    raise ConfigError(str(e)) from e
+  return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
@@ -90,6 +111,18 @@ COMMANDS: tuple[Command, ...] = (
             "cascade, sample an image grid)."),
         add_arguments=_add_demo_arguments,
         run=_run_demo,
+    ),
+    Command(
+        name="encode",
+        help="encode every caption of a dataset split into the text-embedding cache",
+        description=(
+            "Run the frozen T5 encoder (jit-compiled, fixed-shape batches) over every caption of "
+            "the configured splits and write (embeddings, mask) keyed by example id to "
+            "<workdir>/text_cache/<split>/. Interrupted runs resume; finished caches are not "
+            "recomputed; a cache built with another encoder or max length is refused. Without "
+            "config.text.encoder the embedded tiny T5 is used (built on first use)."),
+        add_arguments=_add_encode_arguments,
+        run=_run_encode,
     ),
 )
 
