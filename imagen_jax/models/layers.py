@@ -1,0 +1,170 @@
+"""U-Net building blocks, NHWC, every kernel with logical axis names.
+
+Logical axes: convolutions ('conv_h', 'conv_w', 'conv_in', 'conv_out'); dense layers ('embed',
+'mlp'), ('embed', 'heads'), ('heads', 'embed'); conditioning ('cond', 'embed'); text projection
+('text_embed', 'embed_kv'); norms ('norm',). Large activations are constrained to ('batch',
+'height', 'width', 'channels'). A mesh's rules (see `imagen_jax.sharding`) map these to devices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imagen_jax.models.attention import AttentionImpl, MultiHeadAttention, dense
+
+Array = jax.Array
+DType = Any
+IMAGE_AXES = ("batch", "height", "width", "channels")
+
+
+def constrain_image(x: Array) -> Array:
+  return nn.with_logical_constraint(x, IMAGE_AXES)
+
+
+def sinusoidal_embedding(x: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """Transformer-style features of a scalar per example: (B,) -> (B, dim)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = x.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def conv(features: int, kernel: int, dtype: DType, param_dtype: DType, name: str | None = None,
+         strides: int = 1, zero_init: bool = False) -> nn.Conv:
+  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
+                 dtype=dtype, param_dtype=param_dtype, name=name,
+                 kernel_init=nn.with_logical_partitioning(
+                     init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+
+
+def layer_norm(param_dtype: DType, name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm in float32 with named parameters."""
+  return nn.LayerNorm(dtype=jnp.float32, param_dtype=param_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm with statistics in float32; the output in the compute dtype."""
+
+  groups: int = 32
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    groups = math.gcd(self.groups, x.shape[-1])
+    y = nn.GroupNorm(num_groups=groups, dtype=jnp.float32, param_dtype=self.param_dtype,
+                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))(
+                         x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+class ResBlock(nn.Module):
+  """GroupNorm → SiLU → conv3 → scale-shift by the conditioning embedding → SiLU → dropout → conv3,
+  plus a (1×1-projected when the width changes) residual. The last conv starts at zero."""
+
+  features: int
+  dropout: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, emb: Array, train: bool) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = conv(self.features, 3, name="conv_0", **kw)(nn.silu(GroupNorm(**kw, name="norm_0")(x)))
+    scale_shift = dense(2 * self.features, ("cond", "embed"), name="emb_proj", **kw)(nn.silu(emb))
+    scale, shift = jnp.split(scale_shift[:, None, None, :].astype(self.dtype), 2, axis=-1)
+    h = GroupNorm(**kw, name="norm_1")(h) * (1.0 + scale) + shift
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+    h = conv(self.features, 3, name="conv_1", zero_init=True, **kw)(h)
+    if x.shape[-1] != self.features:
+      x = conv(self.features, 1, name="skip", **kw)(x)
+    return constrain_image(x + h)
+
+
+class Downsample(nn.Module):
+  """Stride-2 3×3 convolution."""
+
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return conv(self.features, 3, self.dtype, self.param_dtype, strides=2, name="conv")(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour ×2, then a 3×3 convolution."""
+
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+    return conv(self.features, 3, self.dtype, self.param_dtype, name="conv")(x)
+
+
+class AttentionBlock(nn.Module):
+  """Attention on the feature map, pre-normed and residual, in one of two styles.
+
+  * 'transformer': [self-attention], [cross-attention to the text], then a feed-forward
+    (`ff_mult` × width; 0 = none) — as in the Efficient U-Net's attention blocks.
+  * 'joint' (GLIDE/ADM style): one attention whose keys/values are the image tokens and the text
+    tokens together (requires self-attention), then the optional feed-forward.
+
+  Text is (B, L, Ct) with mask (B, L).
+  """
+
+  self_attention: bool = True
+  cross_attention: bool = True
+  style: str = "transformer"
+  head_dim: int = 64
+  ff_mult: int = 2
+  impl: AttentionImpl = "reference"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, text: Array | None, text_mask: Array | None) -> Array:
+    b, hgt, wid, c = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    mha = dict(head_dim=self.head_dim, impl=self.impl, **kw)
+    if self.cross_attention and text is None:
+      raise ValueError("this block cross-attends to text, but no text embeddings were given")
+    tokens = x.reshape(b, hgt * wid, c)
+    if self.style == "joint":
+      if not self.self_attention:
+        raise ValueError("'joint' attention needs self_attention (the image keys); use the "
+                         "'transformer' style for cross-attention alone")
+      h = GroupNorm(**kw, name="norm")(x).reshape(b, hgt * wid, c)
+      ctx, mask = (text, text_mask) if self.cross_attention else (None, None)
+      tokens = tokens + MultiHeadAttention(**mha, joint_context=True, name="attention")(
+          h, ctx, mask)
+    elif self.style == "transformer":
+      if self.self_attention:
+        h = GroupNorm(**kw, name="self_norm")(x).reshape(b, hgt * wid, c)
+        tokens = tokens + MultiHeadAttention(**mha, name="self_attention")(h)
+      if self.cross_attention:
+        h = layer_norm(self.param_dtype, "cross_norm")(tokens)
+        tokens = tokens + MultiHeadAttention(**mha, name="cross_attention")(
+            h.astype(self.dtype), text, text_mask)
+    else:
+      raise ValueError(f"unknown attention style {self.style!r}; choose 'transformer' or 'joint'")
+    if self.ff_mult:
+      h = layer_norm(self.param_dtype, "ff_norm")(tokens)
+      h = dense(self.ff_mult * c, ("embed", "mlp"), name="ff_in", **kw)(h.astype(self.dtype))
+      tokens = tokens + dense(c, ("mlp", "embed"), name="ff_out", zero_init=True, **kw)(nn.gelu(h))
+    return constrain_image(tokens.reshape(b, hgt, wid, c))

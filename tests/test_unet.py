@@ -1,0 +1,245 @@
+"""U-Nets: paper-scale parameter counts, shapes, text conditioning, attention ops, remat, axes."""
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from imagen_jax.configlib import load_config
+from imagen_jax.models import UNet, UNetConfig, UNetDenoiser, null_text
+from imagen_jax.models.attention import chunked_attention, reference_attention, xla_attention
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+KEY = jax.random.key(0)
+
+
+def stage_model(name: str, arg: str | None = None) -> UNetConfig:
+  spec = str(CONFIGS / f"{name}.py") + (f":{arg}" if arg else "")
+  return UNetConfig.from_dict(load_config(spec).model.to_dict())
+
+
+def inputs(cfg: UNetConfig, size: int, batch: int = 2, length: int = 6, lowres: int = 0, seed=0):
+  k = jax.random.split(jax.random.key(seed), 5)
+  x = jax.random.normal(k[0], (batch, size, size, 3))
+  logsnr = jax.random.uniform(k[1], (batch,), minval=-10, maxval=10)
+  text = jax.random.normal(k[2], (batch, length, cfg.text_dim))
+  mask = jnp.arange(length)[None, :] < jnp.array([length - 2, 3])[:batch, None]
+  extra = {}
+  if lowres:
+    extra = dict(lowres=jax.random.normal(k[3], (batch, lowres, lowres, 3)),
+                 aug_level=jax.random.uniform(k[4], (batch,)))
+  return (x, logsnr, text, mask), extra
+
+
+def init(cfg: UNetConfig, args, extra, seed=0):
+  """Parameters (boxed with their logical axes), initialised under jit (eager init is slow)."""
+  return jax.jit(lambda a, e: UNet(cfg).init(jax.random.key(seed), *a, **e))(args, extra)["params"]
+
+
+def init_randomized(cfg: UNetConfig, args, extra, seed=1):
+  """Init, then give every parameter random values: zero-initialised output layers would
+  otherwise hide whether the text (or anything) reaches the output."""
+  params = nn.unbox(init(cfg, args, extra, seed))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  scaled = [l + 0.2 * jax.random.normal(k, l.shape) * (1.0 if l.ndim < 2 else l.shape[-2] ** -0.5)
+            for l, k in zip(leaves, keys)]
+  return jax.tree.unflatten(tree, scaled)
+
+
+def abstract_param_count(cfg: UNetConfig, size: int, lowres: int = 0) -> int:
+  (x, logsnr, text, mask), extra = jax.eval_shape(
+      lambda: inputs(cfg, size, batch=1, length=8, lowres=lowres))
+  shapes = jax.eval_shape(lambda a, e: UNet(cfg).init(KEY, *a, **e), (x, logsnr, text, mask), extra)
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nn.unbox(shapes["params"])))
+
+
+# The paper's model sizes: Imagen §4.1 / App. F ("a 2B parameter model for the 64×64 base, 600M
+# and 400M parameter models for 64→256 and 256→1024"). Counted abstractly (jax.eval_shape): no
+# parameter is allocated.
+@pytest.mark.parametrize("stage, size, lowres, paper", [
+    ("base64", 64, 0, 2.0e9), ("sr256", 256, 64, 600e6), ("sr1024", 256, 64, 400e6)])
+def test_paper_configs_match_the_papers_parameter_counts(stage, size, lowres, paper):
+  n = abstract_param_count(stage_model(stage), size, lowres)
+  assert abs(n / paper - 1) <= 0.10, f"{stage}: {n / 1e6:.0f}M parameters vs the paper's " \
+                                     f"{paper / 1e6:.0f}M"
+
+
+@pytest.mark.parametrize("stage, size, lowres", [
+    ("base64", 64, 0), ("sr256", 256, 64), ("sr1024", 64, 16), ("sr1024", 128, 32)])
+def test_output_shapes_of_every_tiny_stage(stage, size, lowres):
+  cfg = stage_model(stage, "tiny")
+  args, extra = inputs(cfg, size, lowres=lowres)
+  params = init(cfg, args, extra)
+  out = jax.jit(lambda p, a, e: UNet(cfg).apply({"params": p}, *a, **e))(params, args, extra)
+  assert out.shape == (2, size, size, 3) and out.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.fixture(scope="module")
+def base_tiny():
+  cfg = stage_model("base64", "tiny")
+  args, extra = inputs(cfg, 32)
+  return cfg, args, init_randomized(cfg, args, extra)
+
+
+@pytest.fixture(scope="module")
+def sr_tiny():
+  cfg = stage_model("sr256", "tiny")
+  args, extra = inputs(cfg, 64, lowres=16)
+  return cfg, args, extra, init_randomized(cfg, args, extra)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(cfg, params, args, extra):
+  return UNet(cfg).apply({"params": params}, *args, **extra)
+
+
+def apply(cfg, params, args, extra=None):
+  return np.asarray(_apply(cfg, params, args, extra or {}))
+
+
+@pytest.mark.parametrize("which", ["base", "sr"])
+def test_text_mask_padded_tokens_do_not_matter_real_ones_do(which, base_tiny, sr_tiny):
+  if which == "base":
+    cfg, args, params = base_tiny
+    extra = {}
+  else:
+    cfg, args, extra, params = sr_tiny
+  x, logsnr, text, mask = args
+  ref = apply(cfg, params, args, extra)
+  # padded positions of example 1 (mask True only for its first 3 tokens) get other embeddings
+  noise = jax.random.normal(jax.random.key(9), text.shape) * 5
+  padded = jnp.where(mask[..., None], text, noise)
+  np.testing.assert_allclose(apply(cfg, params, (x, logsnr, padded, mask), extra), ref,
+                             atol=1e-5, rtol=1e-5)
+  # a real token changes the output of its own example only
+  # (a random direction: LayerNorm would erase a constant shift of all channels)
+  changed = text.at[1, 0].add(3.0 * jax.random.normal(jax.random.key(3), (text.shape[-1],)))
+  out = apply(cfg, params, (x, logsnr, changed, mask), extra)
+  assert np.abs(out[1] - ref[1]).max() > 1e-3, "cross-attention / pooling must use the text"
+  np.testing.assert_allclose(out[0], ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_null_text_is_one_input(base_tiny):
+  """An all-False mask is the unconditional input: the embeddings behind it are irrelevant."""
+  cfg, (x, logsnr, text, mask), params = base_tiny
+  cond = {"text": text, "text_mask": mask}
+  null = null_text(cond)
+  other = {"text": text * 7 + 1, "text_mask": jnp.zeros_like(mask)}
+  denoise = jax.jit(UNetDenoiser(cfg))
+  a = np.asarray(denoise(params, x, logsnr, null))
+  np.testing.assert_allclose(np.asarray(denoise(params, x, logsnr, other)), a, atol=1e-5)
+  assert np.abs(np.asarray(denoise(params, x, logsnr, cond)) - a).max() > 1e-3
+
+
+def test_conditioning_on_noise_level_and_aug_level(sr_tiny):
+  cfg, (x, logsnr, text, mask), extra, params = sr_tiny
+  ref = apply(cfg, params, (x, logsnr, text, mask), extra)
+  assert np.abs(apply(cfg, params, (x, logsnr + 1.0, text, mask), extra) - ref).max() > 1e-3
+  aug = {**extra, "aug_level": extra["aug_level"] * 0.5}
+  assert np.abs(apply(cfg, params, (x, logsnr, text, mask), aug) - ref).max() > 1e-3
+  low = {**extra, "lowres": extra["lowres"] + 0.5}
+  assert np.abs(apply(cfg, params, (x, logsnr, text, mask), low) - ref).max() > 1e-3
+  with pytest.raises(ValueError, match="needs the low-resolution image"):
+    apply(cfg, params, (x, logsnr, text, mask), {"aug_level": extra["aug_level"]})
+
+
+def _qkv(seed, lq=64, lk=10, heads=2, dim=8):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(k[0], (2, lq, heads, dim)), jax.random.normal(k[1], (2, lk, heads, dim)),
+          jax.random.normal(k[2], (2, lk, heads, dim)))
+
+
+def test_reference_attention_is_the_definition():
+  q, k, v = _qkv(0)
+  mask = jnp.array([[True] * 7 + [False] * 3, [True] * 10])
+  out = np.asarray(reference_attention(q, k, v, mask))
+  qn, kn, vn, mn = (np.asarray(a, np.float64) for a in (q, k, v, mask))
+  scores = np.einsum("bqhd,bkhd->bhqk", qn, kn) / np.sqrt(8) + np.where(mn, 0, -np.inf)[:, None,
+                                                                                          None]
+  w = np.exp(scores - scores.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  np.testing.assert_allclose(out, np.einsum("bhqk,bkhd->bqhd", w, vn), atol=1e-5)
+
+
+@pytest.mark.parametrize("op", [lambda q, k, v, m: chunked_attention(q, k, v, m, query_chunk=16),
+                                xla_attention], ids=["chunked", "xla"])
+def test_fast_attention_paths_match_the_reference(op):
+  q, k, v = _qkv(1)
+  for mask in (None, jnp.array([[True] * 4 + [False] * 6, [False] * 10])):
+    ref = np.asarray(reference_attention(q, k, v, mask))
+    np.testing.assert_allclose(np.asarray(op(q, k, v, mask)), ref, atol=2e-5, rtol=1e-5)
+  fully_masked = np.asarray(op(q, k, v, jnp.zeros((2, 10), bool)))
+  assert np.all(fully_masked == 0), "a query with no keys gets zeros"
+
+
+@pytest.mark.parametrize("impl", ["chunked", "xla"])
+def test_unet_fast_attention_matches_reference(base_tiny, impl):
+  cfg, args, params = base_tiny
+  fast = dataclasses.replace(cfg, attention_impl=impl)
+  np.testing.assert_allclose(apply(fast, params, args), apply(cfg, params, args), atol=2e-5,
+                             rtol=1e-4)
+
+
+def test_remat_gives_the_same_gradients(sr_tiny):
+  cfg, args, extra, params = sr_tiny
+
+  def loss(p, c):
+    return jnp.mean(UNet(c).apply({"params": p}, *args, **extra) ** 2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g = grad(params, cfg)
+  g_remat = grad(params, dataclasses.replace(cfg, remat=True))
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+  assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(g))
+
+
+def test_dropout_only_in_training(base_tiny):
+  cfg, args, params = base_tiny
+  cfg = dataclasses.replace(cfg, dropout=0.5)
+  train = jax.jit(lambda p, a, key: UNet(cfg).apply({"params": p}, *a, train=True,
+                                                   rngs={"dropout": key}))
+  run = lambda seed: np.asarray(train(params, args, jax.random.key(seed)))
+  assert np.abs(run(0) - run(1)).max() > 1e-4
+  np.testing.assert_array_equal(apply(cfg, params, args), apply(cfg, params, args))
+
+
+def test_bfloat16_compute_is_close_to_float32(base_tiny):
+  cfg, args, params = base_tiny
+  ref = apply(cfg, params, args)
+  out = apply(dataclasses.replace(cfg, dtype="bfloat16"), params, args)
+  # bf16 keeps 8 mantissa bits; errors compound over ~20 layers: 5% of the output scale.
+  assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_every_parameter_has_logical_axis_names():
+  cfg = stage_model("sr256", "tiny")
+  args, extra = inputs(cfg, 64, lowres=16)
+  boxed = init(cfg, args, extra)
+  flat = traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
+  for path, leaf in flat.items():
+    assert isinstance(leaf, nn.LogicallyPartitioned), f"{'/'.join(path)} has no logical axes"
+    assert len(leaf.names) == leaf.value.ndim, f"{'/'.join(path)}: {leaf.names} vs {leaf.value.shape}"
+  names = {n for leaf in flat.values() for n in leaf.names}
+  assert {"conv_in", "conv_out", "heads", "mlp", "embed"} <= names
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="num_res_blocks has 2 entries but there are 3 levels"):
+    UNetConfig(channel_mults=(1, 2, 3), num_res_blocks=(1, 1),
+               self_attention=(False,) * 3, cross_attention=(False,) * 3)
+  cfg = stage_model("base64", "tiny")
+  args, _ = inputs(cfg, 30)
+  with pytest.raises(ValueError, match="not a multiple of 4"):
+    UNet(cfg).init(KEY, *args)
+  args, _ = inputs(dataclasses.replace(cfg, text_dim=32), 32)
+  with pytest.raises(ValueError, match="text_dim=64"):
+    UNet(cfg).init(KEY, *args)
