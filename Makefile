@@ -5,7 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test deb-data clean
+
+# Debian packages with the offline datasets: Fashion-MNIST and the emoji PNGs (libjs-emojify).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+EMOJI := /usr/share/javascript/emojify.js/images/emoji/smiley.png
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +26,18 @@ $(VENV)/.test-installed: pyproject.toml $(VENV)/.core-installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+deb-data:
+	@[ -f $(FASHION_MNIST) ] && [ -f $(EMOJI) ] || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends dataset-fashion-mnist libjs-emojify; }
+
 install: $(VENV)/.core-installed
-install-test: $(VENV)/.test-installed
+install-test: $(VENV)/.test-installed deb-data
 
 demo: $(VENV)/.core-installed
 	$(VENV)/bin/imagen-jax demo
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed deb-data
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 clean:

@@ -98,6 +98,54 @@ def _run_encode(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--dataset", required=True,
+                      choices=("shapes", "fashion_mnist_captions", "emoji_captions",
+                               "captioned_folder"),
+                      help="which TFDS builder to run (see imagen_jax/data/README.md)")
+  parser.add_argument("--data-dir", required=True, metavar="DIR",
+                      help="TFDS data dir; the dataset lands in DIR/<name>/<config>/<version>")
+  parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a builder option, e.g. resolution=64, num_train=10000, "
+                      "folder=/data/photos (repeatable)")
+  parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+
+
+def parse_options(options: Sequence[str]) -> dict[str, object]:
+  """`key=value` strings → dict; values through ast.literal_eval, else kept as strings."""
+  import ast
+
+  parsed = {}
+  for option in options:
+    key, sep, value = option.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"--option {option!r} must look like key=value")
+    try:
+      parsed[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed[key] = value
+  return parsed
+
+
+def _run_data(args: argparse.Namespace, overrides: list[str]) -> int:
+  from imagen_jax.data import build_dataset
+
+  options = parse_options(args.option)
+  try:
+    result = build_dataset(args.dataset, args.data_dir, overwrite=args.overwrite, **options)
+  except (TypeError, ValueError, FileNotFoundError) as e:
+    raise ConfigError(f"{args.dataset}: {e}") from e
+  print(f"{result.name}: {result.directory}")
+  for split, n in sorted(result.splits.items()):
+    print(f"  {split}: {n} examples")
+  skipped = result.metadata.get("skipped")
+  if skipped:
+    print(f"  skipped: {skipped}")
+  print(f"next: imagen-jax encode --config configs/text.py --workdir W "
+        f"--config.data.captions=tfds:{result.directory}")
+  return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
@@ -111,6 +159,19 @@ COMMANDS: tuple[Command, ...] = (
             "cascade, sample an image grid)."),
         add_arguments=_add_demo_arguments,
         run=_run_demo,
+    ),
+    Command(
+        name="data",
+        help="build a dataset (TFDS array_record, no TensorFlow) into a data dir",
+        description=(
+            "Build one of the offline datasets: 'shapes' (procedural scenes with compositional "
+            "captions and stored ground truth; any size), 'fashion_mnist_captions' and "
+            "'emoji_captions' (from Debian's dataset-fashion-mnist and libjs-emojify), or "
+            "'captioned_folder' (your images with sidecar .txt captions or a CSV/JSONL "
+            "manifest; unreadable or uncaptioned items are skipped and reported)."),
+        add_arguments=_add_data_arguments,
+        run=_run_data,
+        takes_config=False,
     ),
     Command(
         name="encode",
