@@ -10,7 +10,7 @@ feed-forward. That layout gives 2.12B parameters (tests/test_unet.py), within 6%
 Cosine schedule, ε-prediction.
 """
 
-from imagen_jax.stage_config import stage_config
+from imagen_jax.stage_config import stage_config, tiny_training
 
 
 def get_config(arg=None):
@@ -25,5 +25,8 @@ def get_config(arg=None):
                  self_attention=(False, True, True), cross_attention=(False, True, True),
                  attention_style="joint", ff_mult=0, head_dim=32, cond_dim=64)
     text_dim = 64  # the embedded tiny T5
-  return stage_config(stage="base64", resolution=64, model=model, schedule="cosine",
-                      text_dim=text_dim)
+  config = stage_config(stage="base64", resolution=64, model=model, schedule="cosine",
+                        text_dim=text_dim, optimizer="adafactor")
+  if arg == "tiny":
+    tiny_training(config)
+  return config

@@ -11,7 +11,7 @@ the paper does not publish the exact block layout; what it does publish is follo
 schedule (Imagen uses it for this stage).
 """
 
-from imagen_jax.stage_config import stage_config
+from imagen_jax.stage_config import stage_config, tiny_training
 
 
 def get_config(arg=None):
@@ -30,5 +30,8 @@ def get_config(arg=None):
                  attention_style="transformer", attention_per_block=False, ff_mult=0,
                  head_dim=32, cond_dim=64)
     text_dim = 64
-  return stage_config(stage="sr1024", resolution=1024, lowres_resolution=256, crop_size=256,
+  config = stage_config(stage="sr1024", resolution=1024, lowres_resolution=256, crop_size=256,
                       model=model, schedule="linear", text_dim=text_dim)
+  if arg == "tiny":
+    tiny_training(config)
+  return config

@@ -10,7 +10,7 @@ of the lowest level (32 px for 256 px inputs). 631M parameters (tests/test_unet.
 the paper's 600M. Cosine schedule; noise conditioning augmentation of the 64 px input.
 """
 
-from imagen_jax.stage_config import stage_config
+from imagen_jax.stage_config import stage_config, tiny_training
 
 
 def get_config(arg=None):
@@ -27,5 +27,8 @@ def get_config(arg=None):
                  cross_attention=(False, False, False, True), efficient=True,
                  attention_style="transformer", ff_mult=2, head_dim=32, cond_dim=64)
     text_dim = 64
-  return stage_config(stage="sr256", resolution=256, lowres_resolution=64, model=model,
+  config = stage_config(stage="sr256", resolution=256, lowres_resolution=64, model=model,
                       schedule="cosine", text_dim=text_dim)
+  if arg == "tiny":
+    tiny_training(config)
+  return config

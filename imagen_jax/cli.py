@@ -146,6 +146,46 @@ def _run_data(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="a stage config, e.g. configs/base64.py or configs/sr256.py:tiny")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="holds text_cache/ (from `imagen-jax encode`) and one folder per "
+                      "stage with checkpoints, metrics and samples; resume is automatic")
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() (TPU pods, SLURM: auto-detected)")
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="explicit multi-process set-up: the coordinator address ...")
+  parser.add_argument("--num-processes", type=int, help="... the number of processes ...")
+  parser.add_argument("--process-id", type=int, help="... and this process's id")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+  """jax.distributed.initialize from the flags (before any other JAX call)."""
+  import jax
+
+  if args.coordinator:
+    if args.num_processes is None or args.process_id is None:
+      raise ConfigError("--coordinator needs --num-processes and --process-id")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
+def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  initialize_distributed(args)
+  from imagen_jax.text.cache import CacheError
+  from imagen_jax.train.loop import train
+
+  try:
+    train(config, args.workdir, progress=not args.no_progress)
+  except (CacheError, FileNotFoundError, ValueError) as e:
+    raise ConfigError(str(e)) from e
+  return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
@@ -172,6 +212,17 @@ COMMANDS: tuple[Command, ...] = (
         add_arguments=_add_data_arguments,
         run=_run_data,
         takes_config=False,
+    ),
+    Command(
+        name="train",
+        help="train one cascade stage (sharded, checkpointed, resumable)",
+        description=(
+            "Train the stage the config names on its prepared dataset, reading text embeddings "
+            "from <workdir>/text_cache/<split> (run `imagen-jax encode` first). Checkpoints, "
+            "metrics (JSONL + TensorBoard) and sample grids go to <workdir>/<stage>/. An "
+            "interrupted run resumes exactly; SIGTERM saves and exits."),
+        add_arguments=_add_train_arguments,
+        run=_run_train,
     ),
     Command(
         name="encode",

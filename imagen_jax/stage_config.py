@@ -5,7 +5,9 @@ A stage config has these groups (any field overridable with --config.<group>.<fi
   model      — `imagen_jax.models.UNetConfig` fields (`UNetConfig.from_dict(config.model)`)
   diffusion  — schedule, prediction, loss weighting, noise-augmentation levels (SR)
   text       — the text encoder and embedding cache (`imagen_jax.text.config.text_config`)
-Later issues add `data`, `train`, `sample` groups here.
+  data       — the prepared TFDS dataset and split the stage trains on
+  train      — batch size, steps, optimiser, EMA, logging and checkpoint intervals
+  mesh       — device mesh axes (data, fsdp, tensor; −1 = the rest) and optional logical rules
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from imagen_jax.text.config import text_config
 
 def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, crop_size: int = 0,
                  model: dict[str, Any], schedule: str, prediction: str = "eps",
-                 text_dim: int = 4096) -> ml_collections.ConfigDict:
+                 text_dim: int = 4096, optimizer: str = "adam") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.stage = stage
   config.resolution = resolution
@@ -46,4 +48,50 @@ def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, cro
   config.diffusion.aug_sample_level = 0.2 if lowres_resolution else 0.0  # SR: fixed at sampling
 
   config.text = text_config()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = ""  # prepared TFDS dir ('tfds:' prefix optional) or '<name>@<data_dir>'
+  config.data.split = "train"
+  config.data.num_threads = 2
+  config.data.simulate_hosts = 0  # >1: reproduce that many hosts' batches in one process
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 2048  # global, over all hosts (Imagen: 2048)
+  config.train.num_steps = 2_500_000
+  config.train.optimizer = optimizer  # Imagen: Adafactor (base), Adam (SR)
+  config.train.lr = 1e-4
+  config.train.warmup_steps = 10_000
+  config.train.lr_schedule = "constant"  # 'constant' | 'cosine'
+  config.train.grad_clip = 1.0
+  config.train.weight_decay = 0.0
+  config.train.ema_decay = 0.9999
+  config.train.seed = 0
+  config.train.log_every = 100
+  config.train.checkpoint_every = 5000
+  config.train.keep_checkpoints = 3
+  config.train.max_nonfinite_run = 10  # consecutive skipped updates that stop the run
+  config.train.sample_every = 0  # sample grids of the EMA model every N steps (0: never)
+  config.train.num_samples = 8
+  config.train.sample_steps = 25  # DPM-Solver++ steps for those grids
+  config.train.guidance_weight = 3.0
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  config.mesh.num_devices = 0  # 0: every device; N: only the first N (e.g. 1 for small CPU runs)
   return config
+
+
+def tiny_training(config: ml_collections.ConfigDict) -> None:
+  """CPU-sized training settings shared by the `tiny` variants (tests, the demo)."""
+  config.train.batch_size = 8
+  config.train.num_steps = 200
+  config.train.optimizer = "adam"
+  config.train.lr = 1e-3
+  config.train.warmup_steps = 20
+  config.train.ema_decay = 0.99
+  config.train.log_every = 10
+  config.train.checkpoint_every = 100
+  config.train.sample_every = 0
+  config.text.max_length = 48  # shapes captions run to ~40 tokens with the tiny tokenizer

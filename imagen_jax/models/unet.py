@@ -123,8 +123,8 @@ class Conditioning(nn.Module):
     emb_dim = cfg.embedding_dim
 
     def mlp(x, name):
-      h = dense(emb_dim, ("cond", "cond"), name=f"{name}_0", **kw)(x)
-      return dense(emb_dim, ("cond", "cond"), name=f"{name}_1", **kw)(nn.silu(h))
+      h = dense(emb_dim, ("cond_in", "cond"), name=f"{name}_0", **kw)(x)
+      return dense(emb_dim, ("cond_in", "cond"), name=f"{name}_1", **kw)(nn.silu(h))
 
     emb = mlp(sinusoidal_embedding(logsnr_to_input(logsnr), cfg.width), "time")
     # Text: LayerNorm (Imagen App. B), projection; the pooled embedding joins the time embedding.

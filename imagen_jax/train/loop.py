@@ -1,0 +1,241 @@
+"""`train(config, workdir)`: one cascade stage, from a laptop CPU to a TPU pod.
+
+    imagen-jax train --config configs/base64.py --workdir W [--config.train.batch_size=512 ...]
+
+Reads the stage's prepared dataset and the text-embedding cache (`imagen-jax data`, `imagen-jax
+encode`; the T5 is never loaded here), builds the mesh and the train state directly sharded on it,
+and runs the jit-compiled step. Under `W/<stage>/`: `config.json`, `checkpoints/` (Orbax: state,
+data-iterator state, config), `metrics.jsonl` and TensorBoard event files, `samples/` grids.
+
+Resume is automatic: the newest valid checkpoint (state + data-iterator position) is restored, so
+an interrupted run continues with exactly the batches and losses of an uninterrupted one. SIGTERM
+(TPU preemption) saves the current step and exits cleanly. Updates with a non-finite loss or
+gradient are skipped and counted; `max_nonfinite_run` of them in a row save and stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from imagen_jax import sharding as shd
+from imagen_jax.configlib import config_to_json
+from imagen_jax.data.pipeline import PipelineConfig, make_pipeline, open_split
+from imagen_jax.diffusion import (LossConfig, NoiseAugmentation, SamplerConfig, Thresholding,
+                                  get_schedule, jit_sample)
+from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
+from imagen_jax.text.cache import EmbeddingCache
+from imagen_jax.train.checkpoint import Checkpointer, PreemptionGuard
+from imagen_jax.train.metrics import MetricsWriter, StepTimer
+from imagen_jax.train.state import (OptimizerConfig, abstract_state, create_sharded_state,
+                                    learning_rate, make_optimizer, param_count)
+from imagen_jax.train.step import StepConfig, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive non-finite updates."""
+
+
+def optimizer_config(train: ml_collections.ConfigDict) -> OptimizerConfig:
+  return OptimizerConfig(name=train.optimizer, lr=train.lr, warmup_steps=train.warmup_steps,
+                         schedule=train.lr_schedule, total_steps=train.num_steps,
+                         grad_clip=train.grad_clip, weight_decay=train.weight_decay)
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+  d = config.diffusion
+  schedule = get_schedule(d.schedule)
+  aug = NoiseAugmentation(max_level=d.aug_max_level) if config.lowres_resolution else None
+  return StepConfig(model=UNetConfig.from_dict(config.model.to_dict()), schedule=schedule,
+                    loss=LossConfig(prediction=d.prediction, weighting=d.loss_weighting,
+                                    min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm),
+                    p_uncond=d.p_uncond, ema_decay=config.train.ema_decay,
+                    noise_augmentation=aug)
+
+
+class SimulatedHosts:
+  """The batches `n` hosts would feed a pod, concatenated in host order, in one process — a pod
+  run's exact data order reproduced on one machine (`config.data.simulate_hosts`)."""
+
+  def __init__(self, datasets):
+    self.iterators = [iter(d) for d in datasets]
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(it) for it in self.iterators]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"hosts": [it.get_state() for it in self.iterators]}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    for it, s in zip(self.iterators, state["hosts"], strict=True):
+      it.set_state(s)
+
+
+def open_data(config: ml_collections.ConfigDict, workdir: Path, process_index: int | None = None,
+              process_count: int | None = None):
+  """(an iterator over this host's batches — `get_state`/`set_state` — and the embedding cache)."""
+  from imagen_jax.text.encode import cache_dir_for
+
+  if not config.data.dataset:
+    raise ValueError("config.data.dataset is empty: name the prepared TFDS dataset to train on "
+                     "(imagen-jax data ... prints its directory)")
+  cache = EmbeddingCache(cache_dir_for(config, workdir, config.data.split))
+  if cache.spec.width != config.model.text_dim:
+    raise ValueError(f"the embedding cache holds {cache.spec.width}-wide text embeddings but "
+                     f"config.model.text_dim is {config.model.text_dim}: set it to the text "
+                     "encoder's width")
+  pipeline = PipelineConfig(
+      batch_size=config.train.batch_size, resolution=config.resolution,
+      lowres_size=config.lowres_resolution or None, crop_size=config.crop_size or None,
+      seed=config.train.seed, num_threads=config.data.num_threads)
+  source = open_split(config.data.dataset, config.data.split)
+  simulated = config.data.get("simulate_hosts", 0)
+  if simulated and simulated > 1:
+    if jax.process_count() > 1:
+      raise ValueError("data.simulate_hosts is for single-process runs")
+    return SimulatedHosts([make_pipeline(source, pipeline, cache, process_index=i,
+                                         process_count=simulated) for i in range(simulated)]), cache
+  return iter(make_pipeline(source, pipeline, cache, process_index=process_index,
+                            process_count=process_count)), cache
+
+
+def example_inputs(config: ml_collections.ConfigDict, text_len: int) -> tuple[tuple, dict]:
+  size = config.crop_size or config.resolution
+  args = (jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
+          jnp.zeros((1, text_len, config.model.text_dim)), jnp.ones((1, text_len), bool))
+  extra = {}
+  if config.lowres_resolution:
+    low = size * config.lowres_resolution // config.resolution
+    extra = dict(lowres=jnp.zeros((1, low, low, 3)), aug_level=jnp.zeros((1,)))
+  return args, extra
+
+
+def global_batch(local: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
+  """Assemble the global batch from each host's share (no host holds the whole batch)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v)
+          for k, v in local.items() if k in shardings}
+
+
+def sample_grid(config: ml_collections.ConfigDict, step_cfg: StepConfig, params: Any,
+                batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
+  """A few samples of the EMA model for the batch's first captions (and low-res inputs)."""
+  n = min(config.train.num_samples, len(batch["text_embeddings"]))
+  cond = {"text": jnp.asarray(batch["text_embeddings"][:n]),
+          "text_mask": jnp.asarray(batch["text_mask"][:n])}
+  size = config.crop_size or config.resolution
+  if step_cfg.model.lowres_cond:
+    low, level = step_cfg.noise_augmentation.fixed(jnp.asarray(batch["lowres"][:n]),
+                                                   config.diffusion.aug_sample_level,
+                                                   jax.random.key(seed + 1))
+    cond.update(lowres=low, aug_level=level)
+  sampler = SamplerConfig("dpmpp_2m", num_steps=config.train.sample_steps,
+                          guidance_weight=config.train.guidance_weight,
+                          thresholding=Thresholding("dynamic"))
+  out = jit_sample(UNetDenoiser(step_cfg.model), params, (n, size, size, 3), jax.random.key(seed),
+                   cond, schedule=step_cfg.schedule, config=sampler,
+                   prediction=config.diffusion.prediction, null_cond=null_text(cond))
+  return np.asarray(out)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True,
+          process_index: int | None = None, process_count: int | None = None) -> dict[str, Any]:
+  """Train one stage (see the module docstring). Returns a summary of the run."""
+  workdir = Path(workdir)
+  stage_dir = workdir / config.stage
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (stage_dir / "config.json").write_text(config_to_json(config))
+  tc = config.train
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.get("num_devices") else None
+  mesh = shd.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
+                        "tensor": config.mesh.tensor}, devices)
+  rules = shd.rules_from_config(config.mesh.get("rules"))
+  iterator, cache = open_data(config, workdir, process_index, process_count)
+  step_cfg = step_config(config)
+  opt_cfg = optimizer_config(tc)
+  optimizer = make_optimizer(opt_cfg)
+  args, extra = example_inputs(config, cache.spec.max_length)
+  model = UNet(step_cfg.model)
+  state, shardings = create_sharded_state(lambda k: model.init(k, *args, **extra)["params"],
+                                          optimizer, tc.seed, mesh, rules)
+  num_params = param_count(state.params)
+  config_dict = json.loads(config_to_json(config))
+  with Checkpointer(stage_dir / "checkpoints", max_to_keep=tc.keep_checkpoints,
+                    save_interval_steps=tc.checkpoint_every) as ckpt, \
+      PreemptionGuard() as guard, MetricsWriter(stage_dir) as writer:
+    start = 0
+    restored = ckpt.restore(abstract_state(state, shardings))
+    if restored is not None:
+      state, start = restored.state, restored.step
+      iterator.set_state(restored.data_state)
+      print(f"[{config.stage}] resumed from step {start}")
+    print(f"[{config.stage}] {num_params / 1e6:.2f}M parameters; mesh "
+          f"{dict(mesh.shape)}; global batch {tc.batch_size}; steps {start} → {tc.num_steps}")
+    batch_keys = ["image", "text_embeddings", "text_mask"] + (
+        ["lowres"] if config.lowres_resolution else [])
+    batch_sh = {k: shd.batch_sharding(mesh, 4 if k in ("image", "lowres") else
+                                      (3 if k == "text_embeddings" else 2)) for k in batch_keys}
+    step_fn = make_train_step(step_cfg, optimizer, learning_rate(opt_cfg))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
+                         out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+    timer = StepTimer()
+    pending, history = [], []
+    step, stopped = start, False
+    bar = tqdm(total=tc.num_steps, initial=start, desc=f"train {config.stage}", unit="step",
+               disable=not progress or jax.process_index() != 0, mininterval=1.0)
+    while step < tc.num_steps:
+      local = next(iterator)
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state, metrics = compiled(state, global_batch(local, batch_sh))
+      step += 1
+      pending.append(metrics)
+      bar.update(1)
+      if step % tc.log_every == 0 or step == tc.num_steps:
+        fetched = jax.device_get(pending)  # the only host sync of the loop
+        pending = []
+        rates = timer.tick(len(fetched), len(fetched) * tc.batch_size)
+        row = {"loss": float(np.mean([m["loss"] for m in fetched])),
+               "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+               "learning_rate": float(fetched[-1]["learning_rate"]),
+               "skipped_updates": int(sum(m["skipped"] for m in fetched)), **rates}
+        writer.write_scalars(step, row)
+        history.append({"step": step, **row})
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        worst_run = max(int(m["nonfinite_run"]) for m in fetched)
+        if worst_run >= tc.max_nonfinite_run:
+          ckpt.save(step, state, iterator.get_state(), config_dict, force=True)
+          ckpt.wait_until_finished()
+          raise NonFiniteError(
+              f"[{config.stage}] {worst_run} consecutive updates had a non-finite loss or "
+              f"gradient (up to step {step}); stopped with a checkpoint. Lower train.lr, check "
+              "the data, or use bfloat16 only for compute (model.param_dtype='float32').")
+      if tc.sample_every and step % tc.sample_every == 0:
+        grid = sample_grid(config, step_cfg, state.ema_params, local, seed=step)
+        writer.write_images(step, "samples", grid)
+      stopped = guard.should_stop(step)
+      ckpt.save(step, state, iterator.get_state(), config_dict,
+                force=stopped or step == tc.num_steps)
+      if stopped:
+        print(f"[{config.stage}] stop requested (SIGTERM): saved step {step}, exiting")
+        break
+    bar.close()
+    ckpt.wait_until_finished()
+  return {"stage": config.stage, "start_step": start, "step": step, "stopped": stopped,
+          "num_params": num_params, "history": history,
+          "nonfinite_total": int(jax.device_get(state.nonfinite_total))}
