@@ -60,9 +60,9 @@ def test_samplers_recover_a_gaussian_with_the_exact_denoiser(toy_run):
     assert row["std_err"] < 0.05, row
 
 
-def test_cli_demo(tmp_path, capsys):
+def test_cli_toy(tmp_path, capsys):
   workdir = tmp_path / "demo"
-  code = cli.main(["demo", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(workdir),
+  code = cli.main(["toy", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(workdir),
                    "--config.train.steps=50", "--config.sample.samplers=ddim:5"])
   assert code == 0
   metrics = json.loads((workdir / "toy_metrics.json").read_text())
@@ -72,7 +72,7 @@ def test_cli_demo(tmp_path, capsys):
 
 
 def test_cli_bad_override_is_a_clean_error(tmp_path, capsys):
-  code = cli.main(["demo", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(tmp_path),
+  code = cli.main(["toy", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(tmp_path),
                    "--config.trian.steps=5"])
   err = capsys.readouterr().err
   assert code == 2
@@ -81,18 +81,23 @@ def test_cli_bad_override_is_a_clean_error(tmp_path, capsys):
 
 
 def test_cli_bad_value_is_a_clean_error(tmp_path, capsys):
-  code = cli.main(["demo", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(tmp_path / "w"),
+  code = cli.main(["toy", "--config", f"{TOY_CONFIG}:tiny", "--workdir", str(tmp_path / "w"),
                    "--config.sample.samplers=euler:5"])
   assert code == 2
   assert "unknown sampler 'euler'" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])
-def test_cli_help(argv, capsys):
+@pytest.mark.parametrize("argv, word", [(["--help"], "demo"), (["toy", "--help"], "2-D"),
+                                        (["demo", "--help"], "super-resolution"),
+                                        (["train", "--help"], "--workdir"),
+                                        (["sample", "--help"], "--guidance"),
+                                        (["encode", "--help"], "--config"),
+                                        (["data", "--help"], "--dataset")])
+def test_cli_help(argv, word, capsys):
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
-  assert "demo" in out and "--config" in out
+  assert word in out, out
 
 
 def test_cli_without_command_is_a_usage_error(capsys):
@@ -101,5 +106,5 @@ def test_cli_without_command_is_a_usage_error(capsys):
 
 
 def test_cli_unknown_variant_is_a_clean_error(capsys):
-  assert cli.main(["demo", "--config", f"{TOY_CONFIG}:huge"]) == 2
+  assert cli.main(["toy", "--config", f"{TOY_CONFIG}:huge"]) == 2
   assert "unknown toy2d variant 'huge'" in capsys.readouterr().err

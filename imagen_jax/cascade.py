@@ -1,0 +1,237 @@
+"""The cascade: text → base image → super-resolution stages, loaded from a training workdir.
+
+    from imagen_jax.cascade import load_cascade, SamplingOptions
+    cascade = load_cascade("W")                      # every trained stage under W/, EMA weights
+    images = cascade.sample(["a red circle"], seed=0, options={"base64": SamplingOptions(5.0)})
+    images["base64"], images["sr256"]                # float32 NHWC in [-1, 1], per stage
+
+A workdir holds one folder per stage (`base64`, `sr256`, `sr1024`, or any `config.stage`), each with
+`config.json` and Orbax checkpoints. Stages are chained by resolution: each SR stage's
+`lowres_resolution` must be the previous stage's resolution. Prompts are encoded with the text
+encoder the stages were trained with (`config.text.encoder`, or the embedded tiny T5 in
+`W/text/default_t5`), and its fingerprint is checked against the training cache. Every stage's
+sampler is compiled once per batch shape and reused (the guidance weight is a traced argument).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from imagen_jax import sharding as shd
+from imagen_jax.diffusion import SamplerConfig, Thresholding, jit_sample
+from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
+from imagen_jax.text.cache import CacheSpec
+from imagen_jax.text.encoder import TextEncoder
+
+KNOWN_STAGES = ("base64", "sr256", "sr1024")
+
+
+class CascadeError(ValueError):
+  """A workdir or request the cascade cannot serve; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """Per-stage sampling settings."""
+
+  guidance_weight: float = 5.0
+  sampler: str = "dpmpp_2m"
+  num_steps: int = 25
+  thresholding: str = "dynamic"  # 'none' | 'static' | 'dynamic'
+  aug_level: float | None = None  # SR stages: noise-augmentation level (None: the config's)
+
+  def sampler_config(self) -> SamplerConfig:
+    return SamplerConfig(self.sampler, num_steps=self.num_steps,
+                         thresholding=Thresholding(self.thresholding))
+
+
+@dataclasses.dataclass
+class Stage:
+  """One trained stage: its config, U-Net and (EMA) parameters."""
+
+  name: str
+  config: ml_collections.ConfigDict
+  unet: UNetConfig
+  params: Any
+  step: int
+
+  @property
+  def resolution(self) -> int:
+    return self.config.resolution
+
+  @property
+  def lowres_resolution(self) -> int:
+    return self.config.lowres_resolution
+
+
+def read_stage_config(stage_dir: Path) -> ml_collections.ConfigDict:
+  path = stage_dir / "config.json"
+  if not path.is_file():
+    raise CascadeError(f"{stage_dir} has no config.json: is it a stage trained with "
+                       "`imagen-jax train`?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None = None) -> Stage:
+  """Restore a stage's parameters (EMA by default) from its newest (or given) checkpoint."""
+  from imagen_jax.train.checkpoint import Checkpointer
+  from imagen_jax.train.loop import example_inputs, optimizer_config
+  from imagen_jax.train.state import abstract_state, init_state, make_optimizer, state_shardings
+
+  stage_dir = Path(stage_dir)
+  config = read_stage_config(stage_dir)
+  unet = UNetConfig.from_dict(config.model.to_dict())
+  mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
+  optimizer = make_optimizer(optimizer_config(config.train))
+  args, extra = example_inputs(config, config.text.max_length)
+  make = lambda: init_state(lambda k: UNet(unet).init(k, *args, **extra)["params"], optimizer,
+                            jax.random.key(0))
+  shapes = jax.eval_shape(make)
+  shardings = state_shardings(shapes, mesh, shd.DEFAULT_RULES)
+  target = abstract_state(shapes.replace(params=shd.strip_boxes(shapes.params)), shardings)
+  with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
+    restored = ckpt.restore(target, step=step)
+  if restored is None:
+    raise CascadeError(f"stage {config.stage}: no checkpoint in {stage_dir / 'checkpoints'}; "
+                       "train it first (imagen-jax train --config ... --workdir ...)")
+  params = restored.state.ema_params if use_ema else restored.state.params
+  return Stage(config.stage, config, unet, params, restored.step)
+
+
+def chain_stages(stages: Sequence[Stage]) -> list[Stage]:
+  """Order stages by resolution and check that each SR stage takes its predecessor's output."""
+  ordered = sorted(stages, key=lambda s: s.resolution)
+  if not ordered:
+    raise CascadeError("no stages to chain")
+  if ordered[0].lowres_resolution:
+    raise CascadeError(f"the lowest stage {ordered[0].name} is a super-resolution stage "
+                       f"(lowres {ordered[0].lowres_resolution}); the cascade needs a base stage")
+  for prev, cur in zip(ordered, ordered[1:]):
+    if cur.lowres_resolution != prev.resolution:
+      raise CascadeError(f"incompatible stage resolutions: {cur.name} upsamples from "
+                         f"{cur.lowres_resolution} px but {prev.name} makes {prev.resolution} px")
+    if cur.unet.text_dim != ordered[0].unet.text_dim:
+      raise CascadeError(f"{cur.name} and {ordered[0].name} were trained on different text "
+                         "encoders (text_dim differs)")
+  return ordered
+
+
+def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder:
+  """The text encoder the stages were trained with; checked against the training cache."""
+  from imagen_jax.text.encode import cache_dir_for, resolve_encoder_dir
+
+  directory = Path(config.text.encoder) if config.text.encoder else \
+      workdir / "text" / "default_t5"
+  if not directory.is_dir():
+    raise CascadeError(f"text encoder {directory} not found (config.text.encoder, or the "
+                       "embedded default built by `imagen-jax encode`)")
+  encoder = TextEncoder.from_directory(resolve_encoder_dir(config, workdir),
+                                       max_length=config.text.max_length, batch_size=8)
+  manifest = cache_dir_for(config, workdir, config.data.split) / "manifest.json"
+  if manifest.is_file():
+    spec = CacheSpec(**json.loads(manifest.read_text())["spec"])
+    if spec.encoder_fingerprint != encoder.fingerprint:
+      raise CascadeError(f"the text encoder in {directory} is not the one the stages were "
+                         f"trained with (cache {manifest.parent} has fingerprint "
+                         f"{spec.encoder_fingerprint}, the encoder {encoder.fingerprint})")
+  return encoder
+
+
+@dataclasses.dataclass
+class Cascade:
+  """Stages chained by resolution plus the text encoder."""
+
+  stages: list[Stage]
+  encoder: TextEncoder
+
+  def encode(self, prompts: Sequence[str]) -> dict[str, jax.Array]:
+    prompts = list(prompts)
+    if not prompts or any(not p.strip() for p in prompts):
+      raise CascadeError("empty prompt: give at least one non-empty prompt")
+    emb, mask, _ = self.encoder.encode(prompts)
+    return {"text": jnp.asarray(emb), "text_mask": jnp.asarray(mask)}
+
+  def sample(self, prompts: Sequence[str], *, seed: int = 0,
+             options: dict[str, SamplingOptions] | None = None,
+             lowres: np.ndarray | None = None, stages: Sequence[str] | None = None
+             ) -> dict[str, np.ndarray]:
+    """Images of every stage for the prompts, float32 NHWC in [−1, 1], keyed by stage name.
+
+    `lowres` starts the chain at the first SR stage from given images (upscaling); `stages`
+    restricts which stages run (in cascade order).
+    """
+    options = options or {}
+    cond = self.encode(prompts)
+    n = cond["text"].shape[0]
+    run = [s for s in self.stages if stages is None or s.name in stages]
+    if lowres is not None:
+      run = [s for s in run if s.lowres_resolution]
+      if not run:
+        raise CascadeError("upscaling needs a super-resolution stage in the workdir")
+    out: dict[str, np.ndarray] = {}
+    previous = None if lowres is None else jnp.asarray(lowres, jnp.float32)
+    for i, stage in enumerate(run):
+      opts = options.get(stage.name, SamplingOptions())
+      stage_cond = dict(cond)
+      key = jax.random.fold_in(jax.random.key(seed), i)
+      if stage.lowres_resolution:
+        if previous is None:
+          raise CascadeError(f"{stage.name} needs a low-resolution input")
+        from imagen_jax.diffusion import NoiseAugmentation
+
+        want = (n, stage.lowres_resolution, stage.lowres_resolution, 3)
+        if previous.shape != want:
+          raise CascadeError(f"{stage.name} expects low-res inputs of shape {want}, got "
+                             f"{tuple(previous.shape)}")
+        level = stage.config.diffusion.aug_sample_level if opts.aug_level is None else \
+            opts.aug_level
+        aug = NoiseAugmentation()
+        stage_cond["lowres"], stage_cond["aug_level"] = aug.fixed(
+            previous, float(level), jax.random.fold_in(key, 1))
+      size = stage.resolution
+      from imagen_jax.diffusion import get_schedule
+
+      images = jit_sample(UNetDenoiser(stage.unet), stage.params, (n, size, size, 3), key,
+                          stage_cond, schedule=get_schedule(stage.config.diffusion.schedule),
+                          config=opts.sampler_config(),
+                          prediction=stage.config.diffusion.prediction,
+                          null_cond=null_text(stage_cond),
+                          guidance_weight=jnp.float32(opts.guidance_weight))
+      previous = jnp.clip(images, -1.0, 1.0)
+      out[stage.name] = np.asarray(previous)
+    return out
+
+
+def stage_dirs(workdir: Path) -> list[Path]:
+  """Folders of `workdir` that hold a trained stage (config.json + checkpoints/)."""
+  return sorted(d for d in workdir.iterdir()
+                if (d / "config.json").is_file() and (d / "checkpoints").is_dir())
+
+
+def load_cascade(workdir: str | Path, stages: Sequence[str] | None = None,
+                 use_ema: bool = True) -> Cascade:
+  """Load every trained stage of `workdir` (or the named ones) and the text encoder."""
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise CascadeError(f"workdir {workdir} does not exist")
+  found = {d.name: d for d in stage_dirs(workdir)}
+  if stages:
+    missing = [s for s in stages if s not in found]
+    if missing:
+      raise CascadeError(f"workdir {workdir} has no trained stage(s) {missing}; it has "
+                         f"{sorted(found) or 'none'}")
+    found = {s: found[s] for s in stages}
+  if not found:
+    raise CascadeError(f"workdir {workdir} has no trained stages (folders with config.json and "
+                       "checkpoints/); train one with `imagen-jax train`")
+  loaded = chain_stages([load_stage(d, use_ema=use_ema) for d in found.values()])
+  return Cascade(loaded, encoder_for(workdir, loaded[0].config))
