@@ -85,3 +85,20 @@ def test_friendly_errors(demo_workdir, tmp_path, capsys):
   (broken / "sr256" / "config.json").write_text(json.dumps(config))
   with pytest.raises(CascadeError, match="incompatible stage resolutions"):
     load_cascade(broken)
+
+
+def test_cli_eval_sweeps_guidance_and_thresholding(demo_workdir, tmp_path, capsys):
+  workdir, _ = demo_workdir
+  dataset = next((workdir / "data" / "shapes").glob("*/1.0.0"))
+  out = tmp_path / "rows.json"
+  assert cli.main(["eval", "--workdir", str(workdir), "--dataset", f"tfds:{dataset}", "--num",
+                   "4", "--guidance", "1", "4", "--thresholding", "static", "dynamic",
+                   "--steps", "3", "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())
+  sweep = [r for r in rows if "guidance" in r]
+  assert [(r["guidance"], r["thresholding"]) for r in sweep] == [
+      (1.0, "static"), (1.0, "dynamic"), (4.0, "static"), (4.0, "dynamic")]
+  assert all(0.0 <= r["align_color"] <= 1.0 for r in sweep)
+  sr = [r for r in rows if r.get("stage") == "sr"][0]
+  assert sr["bicubic_psnr"] > 20 and np.isfinite(sr["psnr"])
+  assert "| guidance | thresholding |" in capsys.readouterr().out
