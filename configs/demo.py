@@ -28,12 +28,12 @@ def get_config(arg=None):
   # Overrides of configs/base64.py:tiny and configs/sr256.py:tiny (any of their fields).
   config.base = ml_collections.ConfigDict({
       "resolution": 32,
-      "train": {"num_steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50,
+      "train": {"num_steps": 800, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50,
                 "log_every": 50, "checkpoint_every": 500, "ema_decay": 0.995},
   })
   config.sr = ml_collections.ConfigDict({
       "resolution": 64, "lowres_resolution": 32,
-      "train": {"num_steps": 400, "batch_size": 8, "lr": 1e-3, "warmup_steps": 20,
+      "train": {"num_steps": 300, "batch_size": 8, "lr": 1e-3, "warmup_steps": 20,
                 "log_every": 50, "checkpoint_every": 200, "ema_decay": 0.99},
   })
 
