@@ -20,7 +20,7 @@ def get_config(arg=None):
                self_attention=(False, True, True, True), cross_attention=(False, True, True, True),
                attention_style="joint", ff_mult=0, head_dim=64, cond_dim=2048)
   text_dim = 4096  # T5-XXL
-  if arg == "tiny":  # a few hundred thousand parameters, for the CPU demo and tests
+  if arg == "tiny":  # 3.0M parameters, for the CPU demo and tests
     model = dict(width=32, channel_mults=(1, 2, 4), num_res_blocks=(1, 1, 1),
                  self_attention=(False, True, True), cross_attention=(False, True, True),
                  attention_style="joint", ff_mult=0, head_dim=32, cond_dim=64)
