@@ -71,11 +71,13 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             "mesh.num_devices": 1, "data.num_threads": 1}
   _section("3/5 train the base stage (text → {} px)".format(config.base.resolution))
   base = _stage_config("base64", {**common, **config.base.to_dict()})
-  train(base, workdir, progress=config.progress)
+  if train(base, workdir, progress=config.progress)["stopped"]:
+    raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
   _section("3/5 train the super-resolution stage ({} → {} px)".format(
       config.sr.lowres_resolution, config.sr.resolution))
   sr = _stage_config("sr256", {**common, **config.sr.to_dict()})
-  train(sr, workdir, progress=config.progress)
+  if train(sr, workdir, progress=config.progress)["stopped"]:
+    raise SystemExit("demo interrupted (SIGTERM) during SR training; re-run to resume")
 
   _section("4/5 sample the cascade")
   cascade = load_cascade(workdir, ["base64", "sr256"])
