@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 
 from imagen_jax import sharding as shd
-from imagen_jax.diffusion import SamplerConfig, Thresholding, jit_sample
+from imagen_jax.diffusion import (NoiseAugmentation, SamplerConfig, Thresholding, get_schedule,
+                                  jit_sample)
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
 from imagen_jax.text.encoder import TextEncoder
@@ -186,8 +187,6 @@ class Cascade:
       if stage.lowres_resolution:
         if previous is None:
           raise CascadeError(f"{stage.name} needs a low-resolution input")
-        from imagen_jax.diffusion import NoiseAugmentation
-
         want = (n, stage.lowres_resolution, stage.lowres_resolution, 3)
         if previous.shape != want:
           raise CascadeError(f"{stage.name} expects low-res inputs of shape {want}, got "
@@ -198,8 +197,6 @@ class Cascade:
         stage_cond["lowres"], stage_cond["aug_level"] = aug.fixed(
             previous, float(level), jax.random.fold_in(key, 1))
       size = stage.resolution
-      from imagen_jax.diffusion import get_schedule
-
       images = jit_sample(UNetDenoiser(stage.unet), stage.params, (n, size, size, 3), key,
                           stage_cond, schedule=get_schedule(stage.config.diffusion.schedule),
                           config=opts.sampler_config(),

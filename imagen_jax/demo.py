@@ -93,7 +93,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
   _section("5/5 evaluate")
   metrics = {"prompts": prompts, "minutes": None}
-  metrics.update(_evaluate(cascade, data.directory, config, opts))
+  metrics.update(_evaluate(cascade, data.directory, config))
   metrics["minutes"] = round((time.time() - t0) / 60, 2)
   (workdir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2))
   print(json.dumps({k: v for k, v in metrics.items() if k != "prompts"}, indent=2))
@@ -116,40 +116,22 @@ def _write_grid(path: Path, rows: list[np.ndarray], make_grid) -> None:
   Image.fromarray(make_grid(stacked, ncols=len(rows[0]))).save(path)
 
 
-def _evaluate(cascade, dataset_dir: Path, config: ml_collections.ConfigDict,
-              opts) -> dict[str, Any]:
-  """Shapes alignment of base samples on held-out captions; SR PSNR/SSIM on real low-res."""
-  from imagen_jax.data.pipeline import open_split
+def _evaluate(cascade, dataset_dir: Path, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`imagen-jax eval` at the demo's sampling settings, plus the scorer on the real images."""
   from imagen_jax.data import images as image_ops
+  from imagen_jax.eval.run import evaluate_cascade, read_split
+  from imagen_jax.eval.shapes_score import score
 
-  source = open_split(dataset_dir, "test")
-  n = min(config.eval.num_prompts, len(source))
-  records = [source[i] for i in range(n)]
-  captions = [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"])
-              for r in records]
-  out: dict[str, Any] = {}
-  try:
-    from imagen_jax.eval.shapes_score import score
-  except ImportError:  # pragma: no cover - the eval package is part of the install
-    score = None
-  base_res, sr_res = config.base.resolution, config.sr.resolution
-  real_hi = np.stack([image_ops.to_signed(image_ops.square_resize(np.asarray(r["image"]), sr_res))
-                      for r in records])
-  real_lo = np.stack([image_ops.to_signed(image_ops.square_resize(np.asarray(r["image"]),
-                                                                  base_res)) for r in records])
-  samples = cascade.sample(captions, seed=config.sample.seed + 1, options=opts,
-                           stages=["base64"])["base64"]
-  if score is not None:
-    out["alignment_base"] = score(samples, captions)
-    out["alignment_real_images"] = score(real_lo, captions)
-  upscaled = cascade.sample(captions, seed=config.sample.seed + 2, options=opts,
-                            lowres=real_lo)["sr256"]
-  from imagen_jax.eval.metrics import psnr, ssim
-
-  bicubic = np.stack([image_ops.to_signed(image_ops.resize(image_ops.from_signed(x), sr_res))
-                      for x in real_lo])
-  out["sr_psnr"] = float(psnr(upscaled, real_hi))
-  out["sr_ssim"] = float(ssim(upscaled, real_hi))
-  out["bicubic_psnr"] = float(psnr(bicubic, real_hi))
-  out["bicubic_ssim"] = float(ssim(bicubic, real_hi))
-  return out
+  sample = config.sample
+  rows = evaluate_cascade(cascade, str(dataset_dir), split="test", num=config.eval.num_prompts,
+                          guidance=[sample.guidance_weight], thresholding=[sample.thresholding],
+                          steps=sample.num_steps, seed=sample.seed + 1)
+  captions, real = read_split(str(dataset_dir), "test", config.eval.num_prompts)
+  real_lo = np.stack([image_ops.to_signed(image_ops.square_resize(im, config.base.resolution))
+                      for im in real])
+  base, sr = rows[0], rows[-1]
+  return {"alignment_base": {k.removeprefix("align_"): v for k, v in base.items()
+                             if k.startswith("align_")},
+          "alignment_real_images": score(real_lo, captions),
+          "sr_psnr": sr["psnr"], "sr_ssim": sr["ssim"], "bicubic_psnr": sr["bicubic_psnr"],
+          "bicubic_ssim": sr["bicubic_ssim"]}

@@ -121,7 +121,8 @@ def open_split(dataset: str | os.PathLike, split: str) -> Any:
   return tfds.builder_from_directory(spec).as_data_source(split=split)
 
 
-def _text(value: Any) -> str:
+def decode_text(value: Any) -> str:
+  """A TFDS Text feature (bytes, numpy scalar or str) as str."""
   if isinstance(value, np.ndarray):
     value = value.item()
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -145,7 +146,7 @@ class PrepareExample:
   def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
     c = self.config
-    example_id = _text(record["id"])
+    example_id = decode_text(record["id"])
     image = images.square_resize(check_image(record["image"], example_id), c.resolution)
     out: dict[str, Any] = {"id": example_id}
     lowres = None

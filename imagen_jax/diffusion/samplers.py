@@ -64,10 +64,6 @@ class SamplerConfig:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
 
 
-def _ratio(a: Array, b: Array) -> Array:
-  return a / b
-
-
 def ddpm_step(x: Array, x0: Array, logsnr: Array, logsnr_next: Array, noise: Array) -> Array:
   """Ancestral step from λ to λ' > λ: a sample of q(x_{λ'} | x_λ, x̂₀)."""
   alpha, _ = alpha_sigma(logsnr)

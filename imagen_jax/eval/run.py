@@ -22,20 +22,14 @@ from imagen_jax.cascade import Cascade, SamplingOptions
 from imagen_jax.data import images as image_ops
 
 
-def _text(value: Any) -> str:
-  if isinstance(value, np.ndarray):
-    value = value.item()
-  return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def read_split(dataset: str, split: str, num: int) -> tuple[list[str], list[np.ndarray]]:
   """The first `num` (caption, uint8 image) pairs of a prepared split."""
-  from imagen_jax.data.pipeline import open_split
+  from imagen_jax.data.pipeline import decode_text, open_split
 
   source = open_split(dataset, split)
   n = min(num, len(source))
   records = [source[i] for i in range(n)]
-  return [_text(r["caption"]) for r in records], [np.asarray(r["image"]) for r in records]
+  return [decode_text(r["caption"]) for r in records], [np.asarray(r["image"]) for r in records]
 
 
 def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num: int = 64,

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from imagen_jax.data.pipeline import decode_text
+
 
 class CaptionSource(Protocol):
 
@@ -33,29 +35,14 @@ class CaptionSource(Protocol):
     ...
 
 
-def _text(value: Any) -> str:
-  if isinstance(value, bytes):
-    return value.decode("utf-8")
-  if hasattr(value, "item"):  # numpy scalar / 0-d array
-    return _text(value.item())
-  return str(value)
-
-
 class TfdsCaptions:
   """Captions of one split of a prepared TFDS dataset (array_record; no TensorFlow needed)."""
 
   def __init__(self, spec: str, split: str, caption_key: str = "caption", id_key: str = "id"):
-    import tensorflow_datasets as tfds
+    from imagen_jax.data.pipeline import open_split
 
     self.spec, self.split, self.caption_key, self.id_key = spec, split, caption_key, id_key
-    if "@" in spec:
-      name, data_dir = spec.split("@", 1)
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir)
-    else:
-      if not Path(spec, "dataset_info.json").is_file():
-        raise FileNotFoundError(f"{spec} is not a prepared TFDS dataset directory (no "
-                                "dataset_info.json); give .../<name>/<version> or <name>@<data_dir>")
-      self.source = tfds.builder_from_directory(spec).as_data_source(split=split)
+    self.source = open_split(spec, split)
     if len(self) and {caption_key, id_key} - set(self.source[0]):
       raise KeyError(f"TFDS dataset {spec} has no feature {caption_key!r} or {id_key!r}; its "
                      f"features are {sorted(self.source[0])}")
@@ -66,7 +53,7 @@ class TfdsCaptions:
   def __iter__(self) -> Iterator[tuple[str, str]]:
     for i in range(len(self.source)):
       example = self.source[i]
-      yield _text(example[self.id_key]), _text(example[self.caption_key])
+      yield decode_text(example[self.id_key]), decode_text(example[self.caption_key])
 
   def describe(self) -> dict[str, Any]:
     return {"kind": "tfds", "dataset": self.spec, "split": self.split, "num_examples": len(self)}

@@ -207,7 +207,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
       pending.append(metrics)
       bar.update(1)
       if step % tc.log_every == 0 or step == tc.num_steps:
-        fetched = jax.device_get(pending)  # the only host sync of the loop
+        fetched = jax.device_get(pending)  # metrics reach the host on logging steps only
         pending = []
         rates = timer.tick(len(fetched), len(fetched) * tc.batch_size)
         row = {"loss": float(np.mean([m["loss"] for m in fetched])),
@@ -228,7 +228,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
       if tc.sample_every and step % tc.sample_every == 0:
         grid = sample_grid(config, step_cfg, state.ema_params, local, seed=step)
         writer.write_images(step, "samples", grid)
-      stopped = guard.should_stop(step)
+      # multi-host, asking every host is a collective: once per logging interval is enough
+      stopped = guard.should_stop(step) if (
+          jax.process_count() == 1 or step % tc.log_every == 0) else False
       ckpt.save(step, state, iterator.get_state(), config_dict,
                 force=stopped or step == tc.num_steps)
       if stopped:
