@@ -345,6 +345,37 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="a stage config, e.g. configs/base64.py")
+  parser.add_argument("--topology", required=True, metavar="GEN:SHAPE",
+                      help="TPU slice: v5e:16x16, v4:4x4x4, v5p:8x8x8, v6e:16x16, ...")
+  parser.add_argument("--mesh", metavar="AXIS=SIZE,...",
+                      help="mesh over the slice, e.g. data=-1,fsdp=8 (default: the config's "
+                      "mesh section)")
+  parser.add_argument("--no-sampler", action="store_true", help="plan the train step only")
+  parser.add_argument("--sample-batch", type=int, default=None,
+                      help="images per sampler call (default: one per data replica)")
+  parser.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+
+
+def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  from imagen_jax.plan import PlanError, format_plan, plan_stage
+
+  try:
+    plan = plan_stage(config, args.topology, args.mesh, sample=not args.no_sampler,
+                      sample_batch=args.sample_batch)
+  except PlanError as e:
+    raise ConfigError(str(e)) from e
+  print(format_plan(plan))
+  if args.json:
+    import json
+
+    Path(args.json).write_text(json.dumps(dataclasses.asdict(plan), indent=2) + "\n")
+  return 0 if plan.fits else 1
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
@@ -424,6 +455,17 @@ COMMANDS: tuple[Command, ...] = (
         add_arguments=_add_eval_arguments,
         run=_run_eval,
         takes_config=False,
+    ),
+    Command(
+        name="plan",
+        help="will a stage's training fit on a TPU slice? (compiled ahead of time, no TPU)",
+        description=(
+            "Compile the stage's real train step and sampler for a TPU slice with libtpu's "
+            "compile-only topology (pip install 'imagen-jax[plan]') and report per-device "
+            "memory (parameters, EMA, optimiser state, batch, XLA's temporaries) against the "
+            "chip's HBM, and FLOPs per step. Exit code 1 when the train step does not fit."),
+        add_arguments=_add_plan_arguments,
+        run=_run_plan,
     ),
     Command(
         name="encode",

@@ -15,8 +15,10 @@ gradient are skipped and counted; `max_nonfinite_run` of them in a row save and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +27,32 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from imagen_jax import sharding as shd
 from imagen_jax.configlib import config_to_json
 from imagen_jax.data.pipeline import PipelineConfig, make_pipeline, open_split
-from imagen_jax.diffusion import (LossConfig, NoiseAugmentation, SamplerConfig, Thresholding,
-                                  get_schedule, jit_sample)
+from imagen_jax.diffusion import (
+  LossConfig,
+  NoiseAugmentation,
+  SamplerConfig,
+  Thresholding,
+  get_schedule,
+  jit_sample,
+)
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import EmbeddingCache
 from imagen_jax.train.checkpoint import Checkpointer, PreemptionGuard
 from imagen_jax.train.metrics import MetricsWriter, StepTimer
-from imagen_jax.train.state import (OptimizerConfig, abstract_state, create_sharded_state,
-                                    learning_rate, make_optimizer, param_count)
+from imagen_jax.train.state import (
+  OptimizerConfig,
+  abstract_state,
+  create_sharded_state,
+  learning_rate,
+  make_optimizer,
+  param_count,
+)
 from imagen_jax.train.step import StepConfig, make_train_step
 
 log = logging.getLogger(__name__)
@@ -125,6 +140,44 @@ def example_inputs(config: ml_collections.ConfigDict, text_len: int) -> tuple[tu
   return args, extra
 
 
+@dataclasses.dataclass(frozen=True)
+class StageProgram:
+  """What one stage's training compiles: the model's init, the optimiser and the step function.
+  Shared by `train` (concrete state) and `imagen_jax.plan` (abstract state, ahead of time)."""
+
+  step_config: StepConfig
+  optimizer: optax.GradientTransformation
+  init_params: Callable[[jax.Array], Any]
+  step_fn: Callable[..., Any]
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, text_len: int) -> StageProgram:
+    step_cfg = step_config(config)
+    opt_cfg = optimizer_config(config.train)
+    optimizer = make_optimizer(opt_cfg)
+    args, extra = example_inputs(config, text_len)
+    model = UNet(step_cfg.model)
+    return cls(step_cfg, optimizer, lambda k: model.init(k, *args, **extra)["params"],
+               make_train_step(step_cfg, optimizer, learning_rate(opt_cfg)))
+
+  def jit_step(self, shardings: Any, batch_sh: dict[str, Any], mesh: jax.sharding.Mesh):
+    """The step jitted with explicit shardings, the state donated."""
+    return jax.jit(self.step_fn, in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+
+
+def batch_keys(config: ml_collections.ConfigDict) -> list[str]:
+  return ["image", "text_embeddings", "text_mask"] + (["lowres"] if config.lowres_resolution
+                                                       else [])
+
+
+def batch_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                    ) -> dict[str, Any]:
+  """Every batch array split along its leading (example) dimension over data × fsdp."""
+  ndim = {"image": 4, "lowres": 4, "text_embeddings": 3, "text_mask": 2}
+  return {k: shd.batch_sharding(mesh, ndim[k]) for k in batch_keys(config)}
+
+
 def global_batch(local: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
   """Assemble the global batch from each host's share (no host holds the whole batch)."""
   return {k: jax.make_array_from_process_local_data(shardings[k], v)
@@ -166,13 +219,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
                         "tensor": config.mesh.tensor}, devices)
   rules = shd.rules_from_config(config.mesh.get("rules"))
   iterator, cache = open_data(config, workdir, process_index, process_count)
-  step_cfg = step_config(config)
-  opt_cfg = optimizer_config(tc)
-  optimizer = make_optimizer(opt_cfg)
-  args, extra = example_inputs(config, cache.spec.max_length)
-  model = UNet(step_cfg.model)
-  state, shardings = create_sharded_state(lambda k: model.init(k, *args, **extra)["params"],
-                                          optimizer, tc.seed, mesh, rules)
+  program = StageProgram.build(config, cache.spec.max_length)
+  step_cfg = program.step_config
+  state, shardings = create_sharded_state(program.init_params, program.optimizer, tc.seed, mesh,
+                                          rules)
   num_params = param_count(state.params)
   config_dict = json.loads(config_to_json(config))
   with Checkpointer(stage_dir / "checkpoints", max_to_keep=tc.keep_checkpoints,
@@ -186,14 +236,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
       print(f"[{config.stage}] resumed from step {start}")
     print(f"[{config.stage}] {num_params / 1e6:.2f}M parameters; mesh "
           f"{dict(mesh.shape)}; global batch {tc.batch_size}; steps {start} → {tc.num_steps}")
-    batch_keys = ["image", "text_embeddings", "text_mask"] + (
-        ["lowres"] if config.lowres_resolution else [])
-    batch_sh = {k: shd.batch_sharding(mesh, 4 if k in ("image", "lowres") else
-                                      (3 if k == "text_embeddings" else 2)) for k in batch_keys}
-    step_fn = make_train_step(step_cfg, optimizer, learning_rate(opt_cfg))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
-                         out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+    batch_sh = batch_shardings(config, mesh)
+    compiled = program.jit_step(shardings, batch_sh, mesh)
     timer = StepTimer()
     pending, history = [], []
     step, stopped = start, False

@@ -128,10 +128,21 @@ def create_sharded_state(init_params: Callable[[Array], Any], optimizer: optax.G
   The returned state has plain (unboxed) arrays, laid out as the shardings say."""
   make = lambda: init_state(init_params, optimizer, jax.random.key(seed))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(make)
-    shardings = state_shardings(abstract, mesh, rules)
+    shardings = state_shardings(jax.eval_shape(make), mesh, rules)
     state = jax.jit(lambda: _unbox_state(make()), out_shardings=shardings)()
   return state, shardings
+
+
+def abstract_sharded_state(init_params: Callable[[Array], Any],
+                           optimizer: optax.GradientTransformation, mesh: Mesh, rules: shd.Rules
+                           ) -> tuple[TrainState, TrainState]:
+  """(abstract state, shardings) as `create_sharded_state` would lay them out, allocating nothing:
+  the input of an ahead-of-time compile (`imagen_jax.plan`)."""
+  make = lambda: init_state(init_params, optimizer, jax.random.key(0))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    shapes = jax.eval_shape(make)
+    shardings = state_shardings(shapes, mesh, rules)
+  return abstract_state(_unbox_state(shapes), shardings), shardings
 
 
 def _unbox_state(state: TrainState) -> TrainState:
