@@ -322,8 +322,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--steps", type=int, default=25)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--fashion-classifier", metavar="DIR",
-                      help="for fashion_mnist_captions: the classifier trained by "
-                      "imagen_jax.eval.fashion_classifier.train_classifier")
+                      help="for fashion_mnist_captions: where the Fashion-MNIST classifier is "
+                      "cached (trained there on first use, ~1 min; default: "
+                      "<workdir>/fashion_classifier)")
   parser.add_argument("--out", metavar="JSON", help="also write the rows as JSON")
 
 
@@ -331,12 +332,15 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
   from imagen_jax.cascade import CascadeError, load_cascade
   from imagen_jax.eval.run import evaluate_cascade, format_rows, write_rows
 
+  classifier = args.fashion_classifier
+  if classifier is None and "fashion" in args.dataset:
+    classifier = str(Path(args.workdir) / "fashion_classifier")
   try:
     cascade = load_cascade(args.workdir)
     rows = evaluate_cascade(cascade, args.dataset, split=args.split, num=args.num,
                             guidance=args.guidance, thresholding=args.thresholding,
                             steps=args.steps, seed=args.seed,
-                            fashion_classifier=args.fashion_classifier)
+                            fashion_classifier=classifier)
   except (CascadeError, FileNotFoundError) as e:
     raise ConfigError(str(e)) from e
   print(format_rows(rows))

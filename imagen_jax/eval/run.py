@@ -50,9 +50,10 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
       row: dict[str, Any] = {"guidance": weight, "thresholding": kind, "num": len(captions)}
       if is_fashion:
         from imagen_jax.eval.fashion_classifier import (evaluate_fashion, load_classifier,
-                                                        parse_fashion_caption)
+                                                        parse_fashion_caption, train_classifier)
 
-        classifier = load_classifier(fashion_classifier) if fashion_classifier else None
+        classifier = load_classifier(train_classifier(fashion_classifier)) \
+            if fashion_classifier else None  # trained on first use, then cached
         if classifier is not None:
           labels = np.array([parse_fashion_caption(c) for c in captions])
           reals = np.stack([image_ops.to_signed(image_ops.square_resize(im, base.resolution))
