@@ -55,7 +55,7 @@ def run_fashion(args: argparse.Namespace) -> list[dict]:
   from imagen_jax.configlib import apply_overrides, load_config
   from imagen_jax.data import build_dataset
   from imagen_jax.data import images as image_ops
-  from imagen_jax.demo import _stage_config
+  from imagen_jax.demo import tiny_stage_config
   from imagen_jax.eval import fashion_classifier as fc
   from imagen_jax.eval.run import evaluate_cascade, read_split
   from imagen_jax.text.encode import run_encode
@@ -67,7 +67,7 @@ def run_fashion(args: argparse.Namespace) -> list[dict]:
   apply_overrides(text, [f"data.captions=tfds:{data.directory}", "data.splits=train,test",
                          "text.max_length=40"])
   run_encode(text, workdir, progress=not args.no_progress)
-  stage = _stage_config("base64", {
+  stage = tiny_stage_config("base64", {
       "data.dataset": str(data.directory), "text.max_length": 40, "mesh.num_devices": 1,
       "data.num_threads": 1, "resolution": 32, "diffusion.prediction": "v",
       "train.num_steps": args.steps, "train.batch_size": args.batch_size, "train.lr": 1e-3,

@@ -18,10 +18,15 @@ from pathlib import Path
 
 import ml_collections
 
-from imagen_jax.configlib import ConfigError, apply_overrides, load_config, parse_config_args
+from imagen_jax.configlib import (
+  CONFIGS_DIR,
+  ConfigError,
+  apply_overrides,
+  load_config,
+  parse_config_args,
+)
 
 PROG = "imagen-jax"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # repo root, next to imagen_jax/
 OVERRIDES_HELP = ("Any config field can be overridden with --config.<group>.<field>=<value>, "
                   "e.g. --config.train.steps=500 or --config.sample.guidance_weights=1,3.")
 
@@ -41,7 +46,7 @@ class Command:
 
 def default_config(name: str) -> str:
   """Path of `configs/<name>` at the repository root; a ConfigError if it is not there."""
-  path = CONFIG_DIR / name
+  path = CONFIGS_DIR / name
   if not path.is_file():
     raise ConfigError(f"default config {path} not found (configs/ lives at the repository root, "
                       "next to imagen_jax/; is this an installed copy without it?); pass "

@@ -14,14 +14,16 @@ import inspect
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "parse_config_args", "config_to_json"]
+__all__ = ["ConfigError", "apply_overrides", "config_to_json", "load_config", "parse_config_args"]
 
 _CONFIG_PREFIX = "--config."
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"  # repo root, next to imagen_jax/
 _module_counter = itertools.count()
 
 
@@ -221,3 +223,10 @@ def parse_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def config_to_json(config: ml_collections.ConfigDict) -> str:
   """Deterministic JSON (sorted keys, indent 2); unserialisable leaves become repr."""
   return json.dumps(config.to_dict(), sort_keys=True, indent=2, default=repr)
+
+
+def config_with(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`configs/<name>` (e.g. 'base64.py:tiny') with `{'a.b': value}` overrides applied — what
+  `--config configs/<name> --config.a.b=value` gives on the command line."""
+  config = load_config(str(CONFIGS_DIR / name))
+  return apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])

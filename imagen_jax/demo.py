@@ -21,9 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from imagen_jax.configlib import apply_overrides, load_config
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from imagen_jax.configlib import CONFIGS_DIR, apply_overrides, config_with, load_config
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,9 +34,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _stage_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  config = load_config(str(CONFIGS / f"{name}.py:tiny"))
-  return apply_overrides(config, [f"{k}={v}" for k, v in _flatten(overrides).items()])
+def tiny_stage_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:tiny` with (nested or dotted) overrides, as the demo trains it."""
+  return config_with(f"{name}.py:tiny", _flatten(overrides))
 
 
 def _section(title: str) -> None:
@@ -62,20 +60,19 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   print(f"{data.directory}: {data.splits}")
 
   _section("2/5 text: embedded tiny T5, caption cache")
-  text = load_config(str(CONFIGS / "text.py"))
+  text = load_config(str(CONFIGS_DIR / "text.py"))
   apply_overrides(text, [f"data.captions=tfds:{data.directory}", "data.splits=train,test",
                          f"text.max_length={config.text_max_length}"])
   run_encode(text, workdir, progress=config.progress)
 
   common = {"data.dataset": str(data.directory), "text.max_length": config.text_max_length,
             "mesh.num_devices": 1, "data.num_threads": 1}
-  _section("3/5 train the base stage (text → {} px)".format(config.base.resolution))
-  base = _stage_config("base64", {**common, **config.base.to_dict()})
+  _section(f"3/5 train the base stage (text → {config.base.resolution} px)")
+  base = tiny_stage_config("base64", {**common, **config.base.to_dict()})
   if train(base, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
-  _section("3/5 train the super-resolution stage ({} → {} px)".format(
-      config.sr.lowres_resolution, config.sr.resolution))
-  sr = _stage_config("sr256", {**common, **config.sr.to_dict()})
+  _section(f"3/5 train the super-resolution stage ({config.sr.lowres_resolution} → {config.sr.resolution} px)")
+  sr = tiny_stage_config("sr256", {**common, **config.sr.to_dict()})
   if train(sr, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during SR training; re-run to resume")
 
