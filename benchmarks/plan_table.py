@@ -30,11 +30,12 @@ CASES = [
     ("base64", "v5e:16x16", "data=-1", []),
     ("base64", "v5e:16x16", "data=32,fsdp=8", ["model.remat=True"]),
     ("base64", "v4:8x8x4", "data=-1", []),
-    ("base64", "v4:8x8x4", "data=32,fsdp=8", []),
     ("sr256", "v5e:16x16", "data=-1", []),
-    ("sr256", "v5e:16x16", "data=-1", ["model.remat=True"]),
+    ("sr256", "v4:8x8x4", "data=-1", []),
     ("sr1024", "v5e:16x16", "data=-1", []),
     ("sr1024", "v4:8x8x4", "data=-1", []),
+    ("base64", "v4:8x8x4", "data=32,fsdp=8", []),
+    ("sr256", "v5e:16x16", "data=-1", ["model.remat=True"]),
 ]
 
 

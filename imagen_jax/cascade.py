@@ -27,8 +27,13 @@ import ml_collections
 import numpy as np
 
 from imagen_jax import sharding as shd
-from imagen_jax.diffusion import (NoiseAugmentation, SamplerConfig, Thresholding, get_schedule,
-                                  jit_sample)
+from imagen_jax.diffusion import (
+  NoiseAugmentation,
+  SamplerConfig,
+  Thresholding,
+  get_schedule,
+  jit_sample,
+)
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
 from imagen_jax.text.encoder import TextEncoder
@@ -99,13 +104,14 @@ def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None 
   shapes = jax.eval_shape(make)
   shardings = state_shardings(shapes, mesh, shd.DEFAULT_RULES)
   target = abstract_state(shapes.replace(params=shd.strip_boxes(shapes.params)), shardings)
+  name = "ema_params" if use_ema else "params"
   with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
-    restored = ckpt.restore(target, step=step)
-  if restored is None:
-    raise CascadeError(f"stage {config.stage}: no checkpoint in {stage_dir / 'checkpoints'}; "
-                       "train it first (imagen-jax train --config ... --workdir ...)")
-  params = restored.state.ema_params if use_ema else restored.state.params
-  return Stage(config.stage, config, unet, params, restored.step)
+    if not ckpt.all_steps():
+      raise CascadeError(f"stage {config.stage}: no checkpoint in {stage_dir / 'checkpoints'}; "
+                         "train it first (imagen-jax train --config ... --workdir ...)")
+    # only the parameters are read: not the optimiser state, not the other copy of the weights
+    restored_step, params = ckpt.restore_subtree(name, getattr(target, name), step=step)
+  return Stage(config.stage, config, unet, params, restored_step)
 
 
 def chain_stages(stages: Sequence[Stage]) -> list[Stage]:

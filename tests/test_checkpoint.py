@@ -1,5 +1,6 @@
 """Checkpointer (Orbax, several items, sharded restore onto other meshes, damage) and the guard."""
 
+import json
 import logging
 import os
 import signal
@@ -283,3 +284,40 @@ def test_config_dict_is_stored_as_json(tmp_path):
     restored = ckpt.restore(jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
   assert restored.config == {"model": {"channels": [64, 128]}, "dtype": "bfloat16"}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_restore_subtree_reads_only_that_subtree_and_checks_it(tmp_path, caplog):
+  """Sampling loads only the (EMA) parameters: damage elsewhere in the step does not matter,
+  a parameter that does not match the saved fingerprint makes it fall back to the previous step."""
+  mesh = _mesh((4, 2))
+  states = _save_steps(tmp_path, [1, 2, 3], mesh)
+  other = _mesh((2, 4))
+  abstract = _abstract(states[1], lambda s: NamedSharding(other, s)).params
+  # Step 3: the optimiser's moment (the largest file) is corrupted — not read, so step 3 loads.
+  _flip_bytes_in_largest_state_file(tmp_path / "3")
+  # Step 2 (asked for explicitly below): a parameter's saved fingerprint disagrees with its data.
+  meta = tmp_path / "2" / "fingerprint" / "metadata"
+  saved = json.loads(meta.read_text())
+  saved["leaves"][".params['dense']['bias']"] += 1
+  meta.write_text(json.dumps(saved))
+  with Checkpointer(tmp_path, read_only=True) as ckpt:
+    step, params = ckpt.restore_subtree("params", abstract)
+    assert step == 3
+    _assert_equal(params, states[3].params)
+    assert params["dense"]["kernel"].sharding == NamedSharding(other, P("data", "fsdp"))
+    with pytest.raises(CheckpointError, match="fingerprint"):
+      ckpt.restore_subtree("params", abstract, step=2)
+  # Step 3's parameters now disagree too: the newest step whose parameters check out is 1.
+  meta = tmp_path / "3" / "fingerprint" / "metadata"
+  saved = json.loads(meta.read_text())
+  saved["leaves"][".params['norm']['scale']"] += 1
+  meta.write_text(json.dumps(saved))
+  with (caplog.at_level(logging.WARNING, logger="imagen_jax.train.checkpoint"),
+        Checkpointer(tmp_path, read_only=True) as ckpt):
+    step, params = ckpt.restore_subtree("params", abstract)
+  assert step == 1
+  _assert_equal(params, states[1].params)
+  warnings = " ".join(r.getMessage() for r in caplog.records)
+  assert "step 3" in warnings and "step 2" in warnings
+  assert sorted(os.listdir(tmp_path))[:3] == ["1", "2", "3"]  # read-only: nothing moved

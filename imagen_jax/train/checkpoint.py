@@ -248,6 +248,45 @@ class Checkpointer:
                             f"(corrupted data or a different state structure) at {bad[:5]}")
     return Restored(step=step, state=out.state, data_state=out.data_state, config=out.config)
 
+  def restore_subtree(self, name: str, abstract: Any, step: int | None = None
+                      ) -> tuple[int, Any]:
+    """(step, `state.<name>`) — e.g. only the EMA parameters, for sampling — without reading the
+    optimiser state or anything else of the step. Checked against the saved fingerprint; without
+    `step`, the newest step that loads. `abstract` leaves need a `.sharding`. Never writes."""
+    steps = [int(step)] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    reader = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "fingerprint": ocp.JsonCheckpointHandler()})
+    item = {name: abstract}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item)
+    failed = []
+    with reader:
+      for candidate in steps:
+        try:
+          out = reader.restore(candidate, args=ocp.args.Composite(
+              state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                           partial_restore=True),
+              fingerprint=ocp.args.JsonRestore()))
+          saved = (out.fingerprint or {}).get("leaves", {})
+          prefix = f"['{name}']"  # keys of the {name: subtree} dict → keys in the full state
+          actual = {f".{name}{k[len(prefix):]}": v for k, v in fingerprint(out.state).items()}
+          bad = sorted(k for k in actual if saved.get(k) != actual[k])
+          if bad:
+            raise CheckpointError(f"step {candidate}: restored {name} does not match the saved "
+                                  f"fingerprint at {bad[:5]}")
+          return candidate, out.state[name]
+        except Exception as e:
+          if step is not None:
+            raise
+          logger.warning("Checkpoint step %d in %s: %s; trying the previous step.", candidate,
+                         self.directory, _short(e))
+          failed.append((candidate, e))
+    listing = "\n".join(f"  step {s}: {type(e).__name__}: {_short(e)}" for s, e in failed)
+    raise CheckpointError(f"no step in {self.directory} has a loadable {name}:\n{listing}")
+
   def _quarantine(self, steps: Iterable[int]) -> None:
     """Moves damaged step directories to `damaged/`, so their step numbers can be saved again."""
     if self.read_only:
