@@ -42,3 +42,29 @@ test: $(VENV)/.test-installed deb-data
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# Side-by-side benchmark against the peers (imagen-pytorch, diffusers; benchmarks/peers.py). The
+# peers live in their own environment, .venv-bench, never in .venv. imagen-pytorch is installed
+# without its dependencies (they are listed in benchmarks/peers/requirements.txt, all but
+# torchvision: see benchmarks/peers/README.md). BENCH_ARGS are passed to the harness, e.g.
+# `make bench BENCH_ARGS="--reps 1 --warmup 1 --cases forward"`.
+BENCH_VENV := .venv-bench
+BENCH_PY   := $(BENCH_VENV)/bin/python
+BENCH_ARGS ?=
+
+.PHONY: bench install-bench
+
+$(BENCH_PY):
+	$(PYTHON) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+
+$(BENCH_VENV)/.installed: pyproject.toml benchmarks/peers/requirements.txt | $(BENCH_PY)
+	$(BENCH_PY) -m pip install --quiet -e . -r benchmarks/peers/requirements.txt
+	$(BENCH_PY) -m pip install --quiet --no-deps imagen-pytorch==2.1.0
+	touch $@
+
+install-bench: $(BENCH_VENV)/.installed
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_PY) -m benchmarks.peers $(BENCH_ARGS)

@@ -1,0 +1,5 @@
+"""`python -m benchmarks.peers`: see benchmarks/peers/harness.py."""
+
+from benchmarks.peers.harness import main
+
+main()
