@@ -151,6 +151,35 @@ def test_conditioning_on_noise_level_and_aug_level(sr_tiny):
     apply(cfg, params, (x, logsnr, text, mask), {"aug_level": extra["aug_level"]})
 
 
+@pytest.mark.parametrize("channels", [64, 192, 3])  # 32 groups of 2, of 6; gcd(32, 3) = 1 group
+def test_group_norm_is_the_definition_and_flax_compatible(channels):
+  from imagen_jax.models.layers import GroupNorm
+
+  rng = np.random.default_rng(channels)
+  x = rng.normal(1.5, 3.0, (3, 5, 4, channels)).astype(np.float32)
+  module = GroupNorm()
+  params = module.init(jax.random.key(0), jnp.asarray(x))["params"]
+  params = jax.tree.map(lambda t: t + jnp.asarray(rng.normal(size=t.shape), t.dtype),
+                        nn.unbox(params))
+  out = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
+  # Float64 definition: statistics per example over (H, W, channels of the group).
+  groups = int(np.gcd(32, channels))
+  xg = x.astype(np.float64).reshape(3, 5, 4, groups, channels // groups)
+  mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+  var = xg.var(axis=(1, 2, 4), keepdims=True)
+  ref = ((xg - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
+  ref = ref * np.asarray(params["GroupNorm_0"]["scale"]) + np.asarray(params["GroupNorm_0"]["bias"])
+  np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
+  # The parameters of `flax.linen.GroupNorm` (checkpoints carry over), and its function.
+  flax_gn = nn.GroupNorm(num_groups=groups)
+  assert jax.tree.map(np.shape, params["GroupNorm_0"]) == jax.tree.map(
+      np.shape, flax_gn.init(jax.random.key(0), jnp.asarray(x))["params"])
+  np.testing.assert_allclose(out, flax_gn.apply({"params": params["GroupNorm_0"]}, x), atol=2e-5)
+  bf16 = GroupNorm(dtype=jnp.bfloat16).apply({"params": params}, jnp.asarray(x, jnp.bfloat16))
+  assert bf16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(bf16, np.float32), ref, atol=0.1, rtol=0.05)
+
+
 def _qkv(seed, lq=64, lk=10, heads=2, dim=8):
   k = jax.random.split(jax.random.key(seed), 3)
   return (jax.random.normal(k[0], (2, lq, heads, dim)), jax.random.normal(k[1], (2, lk, heads, dim)),

@@ -51,21 +51,57 @@ def layer_norm(param_dtype: DType, name: str | None = None) -> nn.LayerNorm:
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
 
+class _GroupNormParams(nn.Module):
+  """The scale and bias of a GroupNorm, at the parameter path of `flax.linen.GroupNorm`."""
+
+  features: int
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array]:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (self.features,), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                      (self.features,), self.param_dtype)
+    return scale, bias
+
+
 class GroupNorm(nn.Module):
-  """GroupNorm with statistics in float32; the output in the compute dtype."""
+  """GroupNorm over an NHWC map, statistics in float32; the output in the compute dtype.
+
+  The same function (ε = 1e-6, variance as E[x²] − E[x]²) and parameters (`GroupNorm_0/scale`,
+  `GroupNorm_0/bias`) as `flax.linen.GroupNorm`, computed in an order that suits the channel-last
+  layout: per-channel sums over the spatial axes first (contiguous in C), then the few channels of
+  each group are summed, and normalisation, scale and bias fold into one per-channel affine map
+  x·a + b, which XLA fuses with what follows (the ResBlock's scale-shift and SiLU). Measured on
+  BENCH-A: the grouped reduction `flax.linen.GroupNorm` lowers to is a strided reduction over a
+  (B, H, W, G, C/G) view that runs several times slower than memory bandwidth.
+  """
 
   groups: int = 32
+  epsilon: float = 1e-6
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    groups = math.gcd(self.groups, x.shape[-1])
-    y = nn.GroupNorm(num_groups=groups, dtype=jnp.float32, param_dtype=self.param_dtype,
-                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))(
-                         x.astype(jnp.float32))
-    return y.astype(self.dtype)
+    channels = x.shape[-1]
+    groups = math.gcd(self.groups, channels)
+    scale, bias = _GroupNormParams(channels, self.param_dtype, name="GroupNorm_0")()
+    x32 = x.astype(jnp.float32)
+    spatial = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * (channels // groups)
+
+    def group_mean(v: Array) -> Array:  # (B, C) per-channel sums → (B, C) means of their group
+      g = v.reshape(v.shape[0], groups, channels // groups).sum(-1) / count
+      return jnp.repeat(g, channels // groups, axis=-1)
+
+    mean = group_mean(jnp.sum(x32, axis=spatial))
+    var = jnp.maximum(group_mean(jnp.sum(x32 * x32, axis=spatial)) - mean * mean, 0.0)
+    a = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+    b = bias.astype(jnp.float32) - mean * a
+    expand = (slice(None),) + (None,) * len(spatial) + (slice(None),)
+    return (x32 * a[expand] + b[expand]).astype(self.dtype)
 
 
 class ResBlock(nn.Module):
