@@ -122,16 +122,22 @@ def test_nonfinite_update_is_skipped_and_counted():
                                  learning_rate(opt_cfg)))
   bad = {"image": jnp.full((2, 16, 16, 3), jnp.nan), "text_embeddings": jnp.zeros((2, 4, 64)),
          "text_mask": jnp.ones((2, 4), bool)}
-  before = jax.device_get(state.params)
+  kept = lambda s: jax.device_get((s.params, s.opt_state, s.ema_params))
+  before = kept(state)
   for i in range(3):
     state, metrics = step(state, bad)
   assert int(state.nonfinite_run) == 3 and int(state.nonfinite_total) == 3
   assert int(metrics["skipped"]) == 1 and int(state.step) == 3
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
+  # Parameters, optimiser state (moments, count) and EMA are all left as they were.
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(kept(state))):
     np.testing.assert_array_equal(a, b)
   good = {**bad, "image": jnp.zeros((2, 16, 16, 3))}
-  state, _ = step(state, good)
+  state, metrics = step(state, good)
   assert int(state.nonfinite_run) == 0 and int(state.nonfinite_total) == 3
+  assert int(metrics["skipped"]) == 0
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[0]),
+                                                      jax.tree.leaves(jax.device_get(state.params)))]
+  assert any(changed)  # a finite step updates
 
 
 def test_tiny_stage_reduces_its_loss(prepared, tmp_path):

@@ -81,14 +81,20 @@ def make_train_step(config: StepConfig, optimizer: optax.GradientTransformation,
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params = keep(params, state.params)
-    opt_state = keep(opt_state, state.opt_state)
-    decay = config.ema_decay
-    ema = jax.tree.map(lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
-                       state.ema_params, params)
+
+    def apply_update(_):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      decay = config.ema_decay
+      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+      return params, opt_state, ema
+
+    def keep_state(_):
+      return state.params, state.opt_state, state.ema_params
+
+    # A branch, not a select over every leaf: skipping is rare, and `where(finite, new, old)` on
+    # parameters, optimiser state and EMA costs a full extra pass over the train state each step.
+    params, opt_state, ema = jax.lax.cond(finite, apply_update, keep_state, None)
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state, nonfinite_total=state.nonfinite_total + skipped,
