@@ -79,7 +79,10 @@ def test_build_groups():
     by_case.setdefault(g.case, []).append(g)
     assert g.entries[0].framework in ("ours", "numpy")  # ratios are against the first entry
   assert [e.framework for e in by_case["train"][0].entries] == [
-      "ours", "imagen-pytorch", "diffusers"]
+      "ours", "ours", "imagen-pytorch", "diffusers"]
+  # The like-for-like layout leads (the ratios are against it); the Efficient U-Net is second.
+  assert [e.kwargs.get("layout", "adm") for e in by_case["train"][0].entries[:2]] == [
+      "adm", "efficient"]
   default = {g.entries[1].framework: g for g in by_case["sample_default"]}
   assert default["imagen-pytorch"].entries[0].kwargs == {"sampler": "ddpm", "steps": 1000}
   assert default["diffusers"].entries[1].kwargs == {"sampler": "ddim", "steps": 50}
@@ -89,12 +92,26 @@ def test_build_groups():
 
   only_diffusers = spec.build_groups(["train", "sample_default"], ["diffusers"],
                                      {"diffusers": 3, "ours": 2})
-  assert [e.framework for e in only_diffusers[0].entries] == ["ours", "diffusers"]
+  assert [e.framework for e in only_diffusers[0].entries] == ["ours", "ours", "diffusers"]
   assert len(only_diffusers) == 2 and only_diffusers[1].entries[0].kwargs["steps"] == 3
   with pytest.raises(ValueError, match="unknown case"):
     spec.build_groups(["nope"], [])
   e = ours.entries[0]
   assert spec.Entry.from_json(e.to_json()) == e
+
+
+def test_targets_per_entry_of_ours():
+  def row(label, framework, median_s, **params):
+    return {"case": "train", "label": label, "median_s": median_s,
+            "entry": {"framework": framework, "params": params}}
+
+  rows = [row("ours", "ours", 1.0), row("ours, Efficient U-Net", "ours", 0.5, layout="efficient"),
+          row("imagen-pytorch", "imagen-pytorch", 1.2), row("diffusers", "diffusers", 0.1)]
+  lines = harness.targets(rows)
+  assert lines == [
+      "train: ours is 1.20× as fast as imagen-pytorch (target ≥ 1.5×: NOT met)",
+      "train: ours, Efficient U-Net is 2.40× as fast as imagen-pytorch (target ≥ 1.5×: met)"]
+  assert harness.targets([r for r in rows if r["entry"]["framework"] != "imagen-pytorch"]) == []
 
 
 def test_parse_args():
@@ -222,6 +239,17 @@ def test_ours_bench_a_params_and_shapes():
   attn = [k for k in params if "attn" in k]
   assert sorted(attn) == ["down_2_attn_0", "down_2_attn_1", "mid_attn", "up_2_attn_0",
                           "up_2_attn_1", "up_2_attn_2"]
+
+
+def test_ours_bench_a_efficient_layout():
+  from benchmarks.peers import ours
+
+  cfg = ours.unet_config(layout="efficient")
+  assert cfg.efficient and cfg.num_res_blocks == (2, 2, 2) and cfg.width == spec.WIDTH
+  # Fewer blocks than the like-for-like layout (2 up instead of 3, no middle block).
+  assert ours.abstract_param_count(layout="efficient") < ours.abstract_param_count() / 1.5
+  with pytest.raises(ValueError, match="unknown layout"):
+    spec.bench_a_unet_config(layout="nope")
 
 
 def test_shapes_captions_are_deterministic():

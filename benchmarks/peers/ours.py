@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from benchmarks.peers import spec
 from benchmarks.peers.flops import jax_flops, xla_flops
 
 
-def unet_config(text_dim: int = spec.TEXT_DIM):
+def unet_config(text_dim: int = spec.TEXT_DIM, layout: str = "adm"):
   from imagen_jax.models.unet import UNetConfig
 
-  return UNetConfig.from_dict(spec.bench_a_unet_config(text_dim))
+  return UNetConfig.from_dict(spec.bench_a_unet_config(text_dim, layout))
 
 
 def param_count(tree) -> int:
@@ -38,7 +39,7 @@ def param_count(tree) -> int:
   return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
 
 
-def abstract_param_count(text_dim: int = spec.TEXT_DIM) -> int:
+def abstract_param_count(text_dim: int = spec.TEXT_DIM, layout: str = "adm") -> int:
   """Parameters of the BENCH-A U-Net from shapes alone (`jax.eval_shape` of init)."""
   import flax.linen as nn
   import jax
@@ -46,7 +47,7 @@ def abstract_param_count(text_dim: int = spec.TEXT_DIM) -> int:
 
   from imagen_jax.models.unet import UNet
 
-  cfg = unet_config(text_dim)
+  cfg = unet_config(text_dim, layout)
   s = jax.ShapeDtypeStruct
   args = (s((1, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), jnp.float32), s((1,), jnp.float32),
           s((1, spec.TEXT_LEN, text_dim), jnp.float32), s((1, spec.TEXT_LEN), jnp.bool_))
@@ -126,10 +127,12 @@ def build(case: str, **params: Any) -> tuple[Any, dict[str, Any]]:
   from imagen_jax.diffusion import CosineSchedule, SamplerConfig, Thresholding, jit_sample, sample
   from imagen_jax.models.unet import UNetDenoiser, null_text
 
+  layout = params.get("layout", "adm")
   info: dict[str, Any] = {"framework": "ours", "jax": jax.__version__,
-                          "devices": str(jax.devices())}
+                          "devices": str(jax.devices()), "layout": layout,
+                          "xla_flags": os.environ.get("XLA_FLAGS", "")}
   if case == "train":
-    cfg = unet_config()
+    cfg = unet_config(layout=layout)
     run, batch, compiled, flops, n = _train(cfg, spec.TEXT_DIM)
     info.update(params=n, flops=flops, xla_flops=xla_flops(compiled),
                 what="make_train_step (clip + Adam + EMA), donated state")
@@ -138,7 +141,7 @@ def build(case: str, **params: Any) -> tuple[Any, dict[str, Any]]:
   if case == "cache":
     return _cache_case(params["text"], info)
 
-  cfg = unet_config()
+  cfg = unet_config(layout=layout)
   params_tree = _init_params(cfg)
   info["params"] = param_count(params_tree)
   inputs = spec.make_inputs()

@@ -67,7 +67,16 @@ def make_inputs(batch: int = BATCH, image_size: int = IMAGE_SIZE, text_len: int 
   return Inputs(images, text.astype(np.float32), mask)
 
 
-def bench_a_unet_config(text_dim: int = TEXT_DIM, **overrides: Any) -> dict[str, Any]:
+# Our two U-Net layouts at BENCH-A's sizes. 'adm' (the default, `efficient=False`): 2 ResBlocks
+# per level going down, 3 going up (each taking a skip), a middle block — the block structure of
+# diffusers' UNet2DConditionModel, so the like-for-like comparison. 'efficient' (Imagen App. B.1,
+# `efficient=True`): 2 ResBlocks per level down and up, no middle block — Imagen's own U-Net for
+# its SR stages, measured as a second entry of ours, never in place of the first.
+LAYOUTS = ("adm", "efficient")
+
+
+def bench_a_unet_config(text_dim: int = TEXT_DIM, layout: str = "adm", **overrides: Any
+                        ) -> dict[str, Any]:
   """Our `UNetConfig` fields for BENCH-A (a plain dict: this module does not import jax).
 
   cond_dim = text_dim: the text enters cross-attention at its own width, as in diffusers
@@ -75,9 +84,12 @@ def bench_a_unet_config(text_dim: int = TEXT_DIM, **overrides: Any) -> dict[str,
   cross-attention, feed-forward ×2) is the closest to diffusers' `Transformer2DModel` and to
   imagen-pytorch's attention at the same level.
   """
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
   levels = len(CHANNEL_MULTS)
   config = dict(width=WIDTH, channel_mults=CHANNEL_MULTS, num_res_blocks=(NUM_RES_BLOCKS,) * levels,
                 self_attention=ATTENTION_LEVELS, cross_attention=ATTENTION_LEVELS,
+                efficient=layout == "efficient",
                 attention_style="transformer", attention_per_block=True, head_dim=HEAD_DIM,
                 ff_mult=2, text_dim=text_dim, cond_dim=text_dim, dtype="float32",
                 param_dtype="float32")
@@ -151,7 +163,9 @@ def build_groups(cases: list[str], peers: list[str], steps: dict[str, int] | Non
       groups.append(Group("fp32 matmul roof", case, tuple(
           _e(f"{fw} matmul", fw, case) for fw in ROOF_FRAMEWORKS)))
     elif case in ("train", "forward", "cfg_step"):
-      groups.append(Group(case, case, (_e("ours", "ours", case),) + tuple(
+      groups.append(Group(case, case, (
+          _e("ours", "ours", case),
+          _e("ours, Efficient U-Net", "ours", case, layout="efficient")) + tuple(
           _e(p, p, case) for p in peers)))
     elif case == "sample_default":
       n_ip, n_df = steps["imagen-pytorch"], steps["diffusers"]
@@ -165,7 +179,9 @@ def build_groups(cases: list[str], peers: list[str], steps: dict[str, int] | Non
             _e(f"diffusers ddim {n_df}", "diffusers", case, sampler="ddim", steps=n_df))))
     elif case == "sample_ours":
       n = steps["ours"]
-      entries = [_e(f"ours dpm++2m {n}", "ours", case, sampler="dpmpp_2m", steps=n)]
+      entries = [_e(f"ours dpm++2m {n}", "ours", case, sampler="dpmpp_2m", steps=n),
+                 _e(f"ours, Efficient U-Net, dpm++2m {n}", "ours", case, sampler="dpmpp_2m",
+                    steps=n, layout="efficient")]
       if "diffusers" in peers:
         entries.append(_e(f"diffusers dpm++2m {n}", "diffusers", case, sampler="dpmpp_2m", steps=n))
       if "imagen-pytorch" in peers:  # its only sampler is ancestral DDPM
