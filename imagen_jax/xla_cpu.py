@@ -1,11 +1,12 @@
 """XLA:CPU defaults for this package, applied when `imagen_jax` is imported (before JAX starts).
 
 jaxlib 0.10 hands convolutions on the CPU to YNNPACK by default. For the U-Nets here that is the
-slow choice: on BENCH-A (benchmarks/peers) a 3×3 convolution at 32 px × 64 channels runs at
-~100 GFLOP/s through YNNPACK and ~240 GFLOP/s through XLA's Eigen kernels, and the whole U-Net
-forward pass takes ~0.75 s against ~0.45 s (`benchmarks/RESULTS.md`). So, unless told otherwise,
-importing `imagen_jax` removes convolutions from YNNPACK's share (dots and reductions stay
-there) by adding one flag to `XLA_FLAGS`:
+slow choice: on BENCH-A's shapes (batch 16; `python -m benchmarks.peers.profile convs`) a 3×3
+convolution at 32 px, 64→64 channels takes 12.6 ms forward and 44.1 ms for its kernel gradient
+through YNNPACK against 9.0 ms and 12.7 ms through XLA's Eigen kernels, and most of the U-Nets'
+shapes are 1.1–3.5× faster through Eigen (table in `benchmarks/RESULTS.md`). So, unless told
+otherwise, importing `imagen_jax` removes convolutions from YNNPACK's share (dots and reductions
+stay there) by adding one flag to `XLA_FLAGS`:
 
     --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 

@@ -89,6 +89,9 @@ def test_build_groups():
   ours = by_case["sample_ours"][0]
   assert {e.kwargs["steps"] for e in ours.entries} == {25}
   assert [e.framework for e in by_case["roof"][0].entries] == list(spec.ROOF_FRAMEWORKS)
+  cache = by_case["cache"]  # tiny T5, then a T5-base-sized encoder; cache vs on the fly in each
+  assert [[(e.kwargs["text"], e.kwargs.get("t5", "tiny")) for e in g.entries] for g in cache] == [
+      [("cache", "tiny"), ("on_the_fly", "tiny")], [("cache", "base"), ("on_the_fly", "base")]]
 
   only_diffusers = spec.build_groups(["train", "sample_default"], ["diffusers"],
                                      {"diffusers": 3, "ours": 2})
@@ -250,6 +253,37 @@ def test_ours_bench_a_efficient_layout():
   assert ours.abstract_param_count(layout="efficient") < ours.abstract_param_count() / 1.5
   with pytest.raises(ValueError, match="unknown layout"):
     spec.bench_a_unet_config(layout="nope")
+
+
+def test_profile_ablation_patches_take_the_parts_out():
+  """benchmarks/peers/profile.py swaps U-Net parts in a process of its own: check, in a fresh
+  process, that 'convs-only' removes GroupNorm statistics, SiLU and the attention blocks."""
+  import subprocess
+
+  code = """
+import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+from benchmarks.peers import profile
+from imagen_jax.models import unet as unet_mod
+from imagen_jax.models.layers import GroupNorm
+cfg = unet_mod.UNetConfig(width=32, channel_mults=(1, 2), num_res_blocks=(1, 1),
+    self_attention=(False, True), cross_attention=(False, True), head_dim=32, text_dim=8,
+    cond_dim=8)
+args = (jnp.ones((1, 8, 8, 3)), jnp.zeros((1,)), jnp.ones((1, 2, 8)), jnp.ones((1, 2), bool))
+full = nn.unbox(unet_mod.UNet(cfg).init(jax.random.key(0), *args)["params"])
+x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, (2, 4, 4, 64)), jnp.float32)
+gn = GroupNorm().init(jax.random.key(0), x)
+profile._patch("convs-only")
+from imagen_jax.models import layers
+cut = nn.unbox(unet_mod.UNet(cfg).init(jax.random.key(0), *args)["params"])
+assert any("attn" in k for k in full) and not any("attn" in k for k in cut), sorted(cut)
+y = layers.GroupNorm(dtype=jnp.float32).apply(gn, x)
+assert abs(float(y.mean()) - 3.0) < 0.1  # the affine map alone: no normalisation
+assert layers.nn.silu(-2.0) == -2.0
+print("ok")
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_shapes_captions_are_deterministic():

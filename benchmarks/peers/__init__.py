@@ -8,4 +8,5 @@ Hugging Face diffusers on BENCH-A, in one run, alternating. See README.md here.
   roof.py          the fp32 matmul roof         flops.py   FLOPs counted alike for all
   peer_env.py      imagen-pytorch offline: torchvision stand-in, local hub config
   stats.py         medians, ratios, the printed table
+  profile.py       where ours spends BENCH-A's time: conv kernels, parts of the U-Net ablated
 """
