@@ -139,7 +139,7 @@ def build(case: str, **params: Any) -> tuple[Any, dict[str, Any]]:
     return (lambda: run(batch)), info
 
   if case == "cache":
-    return _cache_case(params["text"], info)
+    return _cache_case(params["text"], info, params.get("t5", "tiny"))
 
   cfg = unet_config(layout=layout)
   params_tree = _init_params(cfg)
@@ -187,7 +187,7 @@ def shapes_captions(n: int) -> list[str]:
   return [sample_scene(scene_rng(spec.SEED, 0, i)).caption() for i in range(n)]
 
 
-def _cache_case(text: str, info: dict[str, Any]):
+def _cache_case(text: str, info: dict[str, Any], t5: str = "tiny"):
   from imagen_jax.text.cache import EmbeddingCache
   from imagen_jax.text.default import TINY_T5, build_default_t5
   from imagen_jax.text.encode import encode_captions
@@ -196,10 +196,12 @@ def _cache_case(text: str, info: dict[str, Any]):
 
   if text not in ("cache", "on_the_fly"):
     raise ValueError(f"cache case: text must be 'cache' or 'on_the_fly', got {text!r}")
+  if t5 not in spec.CACHE_T5:
+    raise ValueError(f"cache case: t5 must be one of {sorted(spec.CACHE_T5)}, got {t5!r}")
   tmp = Path(tempfile.mkdtemp(prefix="peers-cache-"))
   captions = shapes_captions(spec.CACHE_CAPTIONS)
   (tmp / "captions.txt").write_text("\n".join(captions) + "\n")
-  t5_dir = build_default_t5(tmp / "t5", captions)
+  t5_dir = build_default_t5(tmp / "t5", captions, **spec.CACHE_T5[t5])
   encoder = TextEncoder.from_directory(t5_dir, max_length=spec.TEXT_LEN, batch_size=spec.BATCH)
   width = encoder.width
   cfg = unet_config(width)
@@ -226,7 +228,7 @@ def _cache_case(text: str, info: dict[str, Any]):
       emb, mask, _ = encoder.encode([by_id[i] for i in batch_ids], warn_truncation=False)
     return run_step({**batch, "text_embeddings": emb, "text_mask": mask})
 
-  info.update(params=n, text_dim=width, t5=dict(TINY_T5), text=text,
+  info.update(params=n, text_dim=width, t5={**TINY_T5, **spec.CACHE_T5[t5]}, text=text,
               what=("EmbeddingCache.lookup (bfloat16 ArrayRecord) + train step" if text == "cache"
-                    else "Tokenizer + TextEncoder.encode (tiny T5) + train step"))
+                    else f"Tokenizer + TextEncoder.encode ({t5} T5) + train step"))
   return call, info

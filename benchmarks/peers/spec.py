@@ -37,8 +37,13 @@ IMAGEN_DEFAULT_STEPS = 1000
 DIFFUSERS_DEFAULT_STEPS = 50
 OURS_DEFAULT_STEPS = 25
 
-# The embedding-cache case: the embedded tiny T5 (imagen_jax.text.default.TINY_T5, width 64).
+# The embedding-cache case: the embedded tiny T5 (imagen_jax.text.default.TINY_T5, width 64), and
+# a random encoder with t5-v1_1-base's blocks (12 layers, d_model 768, 12 heads, gated GELU; the
+# tiny tokenizer's 512-token vocabulary) — the smallest real T5 shape, for a sense of scale
+# (Imagen's T5-XXL encoder is ~44× its block parameters).
 CACHE_CAPTIONS = 512
+CACHE_T5 = {"tiny": {}, "base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12,
+                                     num_heads=12)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,4 +196,7 @@ def build_groups(cases: list[str], peers: list[str], steps: dict[str, int] | Non
       groups.append(Group("embedding cache (tiny T5, text_dim 64)", case, (
           _e("ours, text from cache", "ours", case, text="cache"),
           _e("ours, T5 on the fly", "ours", case, text="on_the_fly"))))
+      groups.append(Group("embedding cache (T5-base-sized encoder, text_dim 768)", case, (
+          _e("ours, text from cache", "ours", case, text="cache", t5="base"),
+          _e("ours, T5 on the fly", "ours", case, text="on_the_fly", t5="base"))))
   return groups
