@@ -56,6 +56,9 @@ def _quiet_libtpu() -> None:
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # libtpu takes /tmp/libtpu_lockfile for exclusive use of the chips; compiling for a topology
+  # uses none, so two plans (or a plan beside the test-suite) may run at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def tpu_devices(topology: str) -> list[Any]:
