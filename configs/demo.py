@@ -49,7 +49,11 @@ def get_config(arg=None):
       "a large yellow circle", "a small green square")
   config.sample.guidance_weight = 3.0
   config.sample.num_steps = 25
-  config.sample.thresholding = "dynamic"
+  # Static, not the paper's dynamic thresholding: ~91% of the shapes' pixels are the white
+  # background (|x| > 0.95), so the per-sample p99.5 of |x̂₀| lands on the background's overshoot
+  # and dividing by it greys the whole image (benchmarks/RESULTS.md, issue 7). Dynamic thresholding
+  # is built for natural images, where few pixels sit at the end of the range.
+  config.sample.thresholding = "static"
   config.sample.seed = 0
 
   config.eval = ml_collections.ConfigDict()

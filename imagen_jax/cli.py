@@ -326,6 +326,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       choices=("none", "static", "dynamic"))
   parser.add_argument("--steps", type=int, default=25)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--sr-guidance", type=float, default=1.0,
+                      help="guidance weight of the SR stages for PSNR/SSIM (default 1: unguided)")
   parser.add_argument("--fashion-classifier", metavar="DIR",
                       help="for fashion_mnist_captions: where the Fashion-MNIST classifier is "
                       "cached (trained there on first use, ~1 min; default: "
@@ -345,7 +347,7 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     rows = evaluate_cascade(cascade, args.dataset, split=args.split, num=args.num,
                             guidance=args.guidance, thresholding=args.thresholding,
                             steps=args.steps, seed=args.seed,
-                            fashion_classifier=classifier)
+                            fashion_classifier=classifier, sr_guidance=args.sr_guidance)
   except (CascadeError, FileNotFoundError) as e:
     raise ConfigError(str(e)) from e
   print(format_rows(rows))

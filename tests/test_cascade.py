@@ -99,6 +99,9 @@ def test_cli_eval_sweeps_guidance_and_thresholding(demo_workdir, tmp_path, capsy
   assert [(r["guidance"], r["thresholding"]) for r in sweep] == [
       (1.0, "static"), (1.0, "dynamic"), (4.0, "static"), (4.0, "dynamic")]
   assert all(0.0 <= r["align_color"] <= 1.0 for r in sweep)
-  sr = [r for r in rows if r.get("stage") == "sr"][0]
+  srs = [r for r in rows if r.get("stage") == "sr"]  # one per thresholding, unguided by default
+  assert [(r["sr_guidance"], r["thresholding"]) for r in srs] == [(1.0, "static"),
+                                                                  (1.0, "dynamic")]
+  sr = srs[0]
   assert sr["bicubic_psnr"] > 20 and np.isfinite(sr["psnr"])
   assert "| guidance | thresholding |" in capsys.readouterr().out
