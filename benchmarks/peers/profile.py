@@ -105,12 +105,7 @@ def _patch(variant: str) -> None:
   from imagen_jax.models import layers, unet
 
   if variant in ("no-groupnorm", "convs-only"):
-    class AffineOnly(nn.Module):  # GroupNorm's parameters and affine map, no statistics
-      groups: int = 32
-      epsilon: float = 1e-6
-      dtype: object = None
-      param_dtype: object = None
-
+    class AffineOnly(layers.GroupNorm):  # GroupNorm's parameters and affine map, no statistics
       @nn.compact
       def __call__(self, x):
         scale, bias = layers._GroupNormParams(x.shape[-1], self.param_dtype, name="GroupNorm_0")()
@@ -124,16 +119,7 @@ def _patch(variant: str) -> None:
 
     layers.nn = unet.nn = NoSilu()
   if variant in ("no-attention", "convs-only"):
-    class Identity(nn.Module):
-      self_attention: bool = True
-      cross_attention: bool = True
-      style: str = ""
-      head_dim: int = 64
-      ff_mult: int = 0
-      impl: str = ""
-      dtype: object = None
-      param_dtype: object = None
-
+    class Identity(layers.AttentionBlock):  # same fields as the real block, no parameters
       def __call__(self, x, text, mask):
         return x
 
