@@ -38,7 +38,7 @@ demo: $(VENV)/.core-installed
 	$(VENV)/bin/imagen-jax demo
 
 test: $(VENV)/.test-installed deb-data
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

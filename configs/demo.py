@@ -62,10 +62,10 @@ def get_config(arg=None):
   if arg == "quick":
     config.data.num_train = 200
     config.data.num_test = 16
-    config.base.train.num_steps = 30
-    config.base.train.log_every = 10
-    config.sr.train.num_steps = 10
-    config.sr.train.log_every = 5
+    config.base.train.num_steps = 12
+    config.base.train.log_every = 4
+    config.sr.train.num_steps = 4
+    config.sr.train.log_every = 2
     config.sample.num_steps = 5
     config.eval.num_prompts = 8
   return config

@@ -42,6 +42,7 @@ def test_python_api_is_reproducible_and_compiles_each_stage_once(demo_workdir):
   workdir, _ = demo_workdir
   cascade = load_cascade(workdir)
   assert [s.name for s in cascade.stages] == ["base64", "sr256"]
+  # 4 steps, 2 prompts: as in test_cli_sample_and_upscale, which then reuses these compiles
   opts = {s.name: SamplingOptions(3.0, num_steps=4) for s in cascade.stages}
   a = cascade.sample(["a small red circle", "a large blue square"], seed=3, options=opts)
   size = jit_sample._cache_size()
@@ -59,7 +60,7 @@ def test_cli_sample_and_upscale(demo_workdir, tmp_path, capsys):
   workdir, _ = demo_workdir
   out = tmp_path / "grid.png"
   assert cli.main(["sample", "a small red circle", "a green triangle", "--workdir", str(workdir),
-                   "--out", str(out), "--steps", "3", "--guidance", "2", "4"]) == 0
+                   "--out", str(out), "--steps", "4", "--guidance", "2", "4"]) == 0
   assert out.is_file() and (tmp_path / "grid" / "001_sr256.png").is_file()
   assert (tmp_path / "grid" / "000_base64.png").is_file()
   Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "photo.png")
@@ -91,9 +92,11 @@ def test_cli_eval_sweeps_guidance_and_thresholding(demo_workdir, tmp_path, capsy
   workdir, _ = demo_workdir
   dataset = next((workdir / "data" / "shapes").glob("*/1.0.0"))
   out = tmp_path / "rows.json"
+  # 8 prompts, 5 steps: the quick demo's own eval settings, so its static-thresholding
+  # samplers are already compiled (compiles dominate this test's time).
   assert cli.main(["eval", "--workdir", str(workdir), "--dataset", f"tfds:{dataset}", "--num",
-                   "4", "--guidance", "1", "4", "--thresholding", "static", "dynamic",
-                   "--steps", "3", "--out", str(out)]) == 0
+                   "8", "--guidance", "1", "4", "--thresholding", "static", "dynamic",
+                   "--steps", "5", "--out", str(out)]) == 0
   rows = json.loads(out.read_text())
   sweep = [r for r in rows if "guidance" in r]
   assert [(r["guidance"], r["thresholding"]) for r in sweep] == [

@@ -163,8 +163,10 @@ def test_super_resolution_stages_train(prepared, tmp_path, stage, extra):
 
 
 def _cli(args, env_devices=1, **popen):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={env_devices}",
-         "JAX_PLATFORMS": "cpu"}
+  # the suite's XLA flags (tests/conftest.py), with this process's own device count
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={env_devices}".strip()}
   return subprocess.Popen([sys.executable, "-m", "imagen_jax.cli", "train", *args, "--no-progress"],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, **popen)
@@ -178,11 +180,11 @@ def _train_args(dataset, work, steps, **extra):
 def _wait_for_step(stage_dir, step, proc, timeout=240):
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
     if stage_dir.joinpath("metrics.jsonl").exists() and any(
         r["step"] >= step for r in read_metrics(stage_dir)):
       return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
     time.sleep(0.2)
   raise AssertionError("training did not reach step %d in time" % step)
 
@@ -195,6 +197,8 @@ def test_sigkill_then_resume_reproduces_an_uninterrupted_run(prepared, tmp_path)
     (tmp_path / d).mkdir()
     (tmp_path / d / "text_cache").symlink_to(work / "text_cache")
   reference = _cli(_train_args(dataset, tmp_path / "a", 24))
+  # Started once the reference has compiled: the two then share the run's compilation cache.
+  _wait_for_step(tmp_path / "a" / "base64", 1, reference)
   interrupted = _cli(_train_args(dataset, tmp_path / "b", 24))
   _wait_for_step(tmp_path / "b" / "base64", 13, interrupted)
   interrupted.send_signal(signal.SIGKILL)
