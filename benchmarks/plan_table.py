@@ -1,6 +1,6 @@
 """Will the paper's stages train at the paper's batch size (2048) on v4 and v5e slices?
 
-    python -m benchmarks.plan_table                 # every case below (≈ 3–5 min each on 2 cores)
+    python -m benchmarks.plan_table                 # every case below (16–56 min each on 2 cores)
     python -m benchmarks.plan_table --cases 0 3     # some of them
 
 Each case runs `imagen-jax plan` (the real train step, compiled ahead of time for the slice with
@@ -36,6 +36,7 @@ CASES = [
     ("sr1024", "v4:8x8x4", "data=-1", []),
     ("base64", "v4:8x8x4", "data=32,fsdp=8", []),
     ("sr256", "v5e:16x16", "data=-1", ["model.remat=True"]),
+    ("sr256", "v5e:16x16", "data=32,fsdp=8", ["model.remat=True"]),
 ]
 
 
@@ -61,6 +62,7 @@ def run_case(config: str, topology: str, mesh: str, extra: list[str]) -> dict:
   if train["oom"]:
     found = re.search(r"temporaries \(([\d.]+)G\)", train["oom"])
     temps = float(found.group(1)) if found else float("nan")
+    used = re.search(r"Used ([\d.]+)G of", train["oom"])
   replicas = plan["mesh"]["data"] * plan["mesh"]["fsdp"]
   return {"stage": config, "slice": f"{topology} ({plan['device_kind']})", "mesh": mesh,
           "options": " ".join(extra) or "-", "params M": round(plan["num_params"] / 1e6),
@@ -71,7 +73,9 @@ def run_case(config: str, topology: str, mesh: str, extra: list[str]) -> dict:
           "HBM GiB": round(plan["hbm_bytes"] / gib, 2),
           "fits": "no" if train["oom"] or peak > plan["hbm_bytes"] / gib else "yes",
           "TFLOP/step/chip": "-" if train["oom"] else round(train["flops"] / 1e12, 1),
-          "compile s": round(seconds)}
+          "compile s": round(seconds),
+          **({"XLA needs GiB": float(used.group(1)) if used else None, "XLA": train["oom"]}
+             if train["oom"] else {})}
 
 
 def main(argv=None) -> None:
@@ -86,10 +90,13 @@ def main(argv=None) -> None:
     rows.append(row)
   if args.json:
     Path(args.json).write_text(json.dumps(rows, indent=2))
-  keys = list(rows[0])
+  keys = [k for k in rows[0] if k not in ("XLA needs GiB", "XLA")]
   print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
   for r in rows:
     print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+  for i, r in zip(args.cases, rows):
+    if "XLA" in r:
+      print(f"case {i}: {r['XLA']}")
 
 
 if __name__ == "__main__":
