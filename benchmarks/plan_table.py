@@ -37,6 +37,8 @@ CASES = [
     ("base64", "v4:8x8x4", "data=32,fsdp=8", []),
     ("sr256", "v5e:16x16", "data=-1", ["model.remat=True"]),
     ("sr256", "v5e:16x16", "data=32,fsdp=8", ["model.remat=True"]),
+    # whole 1024² images instead of the paper's 256² crops
+    ("sr1024", "v5e:16x16", "data=-1", ["crop_size=0"]),
 ]
 
 
