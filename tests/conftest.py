@@ -4,7 +4,8 @@ XLA compilation cache shared by the whole run.
 Many tests compile the same programs: the train/resume/multi-host tests start several `imagen-jax
 train` processes on one tiny config, and pytest-xdist runs two workers. JAX's persistent cache
 (in a fresh directory per run, removed at the end) lets each program compile once per run; a cache
-hit loads the very executable a fresh compile would build, so no test sees different numbers.
+hit loads the executable compiled from the same program (the SIGKILL/resume test compares
+losses bit for bit across processes, and passes with it).
 """
 
 import os

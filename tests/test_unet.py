@@ -37,6 +37,11 @@ def inputs(cfg: UNetConfig, size: int, batch: int = 2, length: int = 6, lowres: 
   return (x, logsnr, text, mask), extra
 
 
+def abstract_init(cfg: UNetConfig, args, extra):
+  """The U-Net's variables as shapes (boxed with their logical axes): nothing is allocated."""
+  return jax.eval_shape(lambda a, e: UNet(cfg).init(KEY, *a, **e), args, extra)
+
+
 def fan_in_noise(tree, key):
   """Standard normal noise shaped like `tree`'s leaves, scaled by each kernel's fan-in. One draw
   cut into the leaves: the ~200 separate draws of a tiny U-Net's initialisers take XLA:CPU about
@@ -52,7 +57,7 @@ def fan_in_noise(tree, key):
 def filled_params(cfg: UNetConfig, args, extra, seed=0):
   """Parameters of the right shapes without running the initialisers, for tests that need only
   shapes."""
-  shapes = nn.unbox(jax.eval_shape(lambda a, e: UNet(cfg).init(KEY, *a, **e), args, extra))
+  shapes = nn.unbox(abstract_init(cfg, args, extra))
   return jax.jit(lambda k: fan_in_noise(shapes["params"], k))(jax.random.key(seed))
 
 
@@ -69,7 +74,7 @@ def init_randomized(cfg: UNetConfig, args, extra, seed=1):
 def abstract_param_count(cfg: UNetConfig, size: int, lowres: int = 0) -> int:
   (x, logsnr, text, mask), extra = jax.eval_shape(
       lambda: inputs(cfg, size, batch=1, length=8, lowres=lowres))
-  shapes = jax.eval_shape(lambda a, e: UNet(cfg).init(KEY, *a, **e), (x, logsnr, text, mask), extra)
+  shapes = abstract_init(cfg, (x, logsnr, text, mask), extra)
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nn.unbox(shapes["params"])))
 
 
@@ -267,7 +272,7 @@ def test_bfloat16_compute_is_close_to_float32(base_tiny):
 def test_every_parameter_has_logical_axis_names():
   cfg = stage_model("sr256", "tiny")
   args, extra = inputs(cfg, 64, lowres=16)
-  boxed = jax.eval_shape(lambda a, e: UNet(cfg).init(KEY, *a, **e), args, extra)["params"]
+  boxed = abstract_init(cfg, args, extra)["params"]
   flat = traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
   for path, leaf in flat.items():
     assert isinstance(leaf, nn.LogicallyPartitioned), f"{'/'.join(path)} has no logical axes"
