@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from imagen_jax.models.attention import AttentionImpl, MultiHeadAttention, dense
 
@@ -92,9 +93,17 @@ class GroupNorm(nn.Module):
     spatial = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[1:-1]) * (channels // groups)
 
-    def group_mean(v: Array) -> Array:  # (B, C) per-channel sums → (B, C) means of their group
-      g = v.reshape(v.shape[0], groups, channels // groups).sum(-1) / count
-      return jnp.repeat(g, channels // groups, axis=-1)
+    # (B, C) per-channel sums → (B, C) means of each channel's group, as two small matmuls with
+    # a constant channel→group membership matrix. (A reshape-sum-repeat is the same function, but
+    # XLA:CPU fuses the repeat into the big elementwise loop that applies the norm, as index
+    # arithmetic per element; on BENCH-A that loop ran ~4× slower, 76 → 17 ms per forward.)
+    # HIGHEST: a float32 dot on TPU would otherwise round its inputs to bfloat16.
+    member = np.equal.outer(np.arange(channels) // (channels // groups),
+                            np.arange(groups)).astype(np.float32)  # (C, G)
+
+    def group_mean(v: Array) -> Array:
+      g = jnp.dot(v, member, precision=jax.lax.Precision.HIGHEST) / count
+      return jnp.dot(g, member.T, precision=jax.lax.Precision.HIGHEST)
 
     mean = group_mean(jnp.sum(x32, axis=spatial))
     var = jnp.maximum(group_mean(jnp.sum(x32 * x32, axis=spatial)) - mean * mean, 0.0)
