@@ -374,3 +374,41 @@ def test_measure_group_with_workers(tmp_path):
   bad = spec.Group("bad", "roof", (spec.Entry("bad", "nope", "roof"),))
   with pytest.raises(harness.WorkerError, match="unknown framework"):
     harness.measure_group(bad, args, dict(os.environ), tmp_path)
+
+
+def test_profile_trace_summary_sorts_events_by_kind_of_op():
+  """`profile trace` joins trace events with the compiled HLO's metadata: a YNNPACK fusion is a
+  matmul or a reduction by its op_name; the pool's untraced time is threads × wall − traced."""
+  from benchmarks.peers import profile
+
+  hlo = """ENTRY %main {
+  %ynn_fusion.3 = f32[1024,256]{1,0} fusion(%a, %b), kind=kCustom, calls=%f3, metadata={op_name="jit(f)/UNet/mid_attn/ff_out/dot_general" stack_frame_id=1}
+  %ynn_fusion.7 = f32[16,64]{1,0} fusion(%c), kind=kCustom, calls=%f7, metadata={op_name="jit(f)/UNet/norm_out/reduce_sum" stack_frame_id=2}
+  %ynn_fusion.8 = f32[16]{0} fusion(%c), kind=kCustom, calls=%f8, metadata={op_name="jit(f)/UNet/loss/reduce_sum" stack_frame_id=4}
+  ROOT %divide_multiply_fusion.2 = f32[16,32,32,64]{3,2,1,0} fusion(%d), kind=kLoop, calls=%f2, metadata={op_name="jit(f)/UNet/jit(silu)/mul" stack_frame_id=3}
+}"""
+  ops = profile.hlo_ops(hlo)
+  assert ops["ynn_fusion.3"] == ("f32[1024,256]", "jit(f)/UNet/mid_attn/ff_out/dot_general")
+  assert ops["divide_multiply_fusion.2"] == ("f32[16,32,32,64]", "jit(f)/UNet/jit(silu)/mul")
+  norm = "GroupNorm statistics (YNNPACK sums, group matmuls)"
+  assert profile.op_kind("ynn_fusion.7", ops) == norm
+  assert profile.op_kind("ynn_fusion.9", {"ynn_fusion.9": (
+      "f32[16,64]", "jit(step)/transpose(jvp(UNet))/up_0_res_1/norm_0/dot_general")}) == norm
+  assert profile.op_kind("ynn_fusion.9", {"ynn_fusion.9": (
+      "f32[16,64]", "jit(f)/UNet/text_norm/reduce_sum")}) == "reductions (YNNPACK)"
+  names = {(1, 1): "python", (1, 2): "tf_XLAEigen/1", (1, 3): "tf_XLAEigen/2"}
+  ev = lambda name, tid, dur: {"ph": "X", "pid": 1, "tid": tid, "name": name, "dur": dur}
+  events = [ev("ynn_fusion.3", 2, 4000), ev("ynn_fusion.3", 3, 2000), ev("ynn_fusion.8", 2, 1000),
+            ev("divide_multiply_fusion.2", 3, 3000), ev("transpose_copy_fusion.1", 2, 500),
+            ev("conv_general_dilated.4", 3, 100), ev("ThunkExecutor::Execute", 2, 99000),
+            ev("$api.py:1 block_until_ready", 1, 50000)]
+  out = profile.summarize_trace(events, names, ops, calls=2, wall_ms=10.0)
+  got = {r["kind"]: (r["events"], r["thread_ms"]) for r in out["rows"]}
+  assert out["threads"] == 2
+  assert got["matmuls (YNNPACK)"] == (1, 3.0) and got["reductions (YNNPACK)"] == (0, 0.5)
+  assert got["elementwise and other loop fusions"] == (0, 1.5)
+  assert got["transposes and copies"][1] == 0.25
+  assert got["convolution dispatch (work untraced)"][1] == 0.05
+  traced = 3.0 + 0.5 + 1.5 + 0.25 + 0.05
+  untraced = got["untraced (convolution work in Eigen's pool, idle)"][1]
+  assert abs(untraced - (2 * 10.0 - traced)) < 1e-9
