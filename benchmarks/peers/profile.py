@@ -47,6 +47,7 @@ CONV_SHAPES = ((32, 64, 64), (32, 192, 64), (16, 128, 128), (16, 384, 128), (8, 
 
 
 def _time(fn, *args, calls: int) -> float:
+  """Median seconds of `fn(*args)` to completion, after 2 warm-up calls."""
   import jax
 
   jax.block_until_ready(fn(*args))
@@ -141,14 +142,7 @@ def ablate_worker(case: str, variant: str, calls: int) -> dict:
   from benchmarks.peers import ours
 
   call, info = ours.build(case)
-  call()
-  call()
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return {"variant": variant, "ms": statistics.median(times) * 1e3, "gflop": info["flops"] / 1e9}
+  return {"variant": variant, "ms": _time(call, calls=calls) * 1e3, "gflop": info["flops"] / 1e9}
 
 
 def run_ablate(args) -> None:
@@ -254,13 +248,7 @@ def trace_worker(case: str, layout: str, calls: int, dump_dir: str) -> dict:
   from benchmarks.peers import ours
 
   call, info = ours.build(case, layout=layout)
-  call()
-  call()
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
+  wall = _time(call, calls=calls)
   trace_dir = tempfile.mkdtemp(prefix="bench-trace-")
   jax.profiler.start_trace(trace_dir)
   for _ in range(calls):
@@ -276,7 +264,7 @@ def trace_worker(case: str, layout: str, calls: int, dump_dir: str) -> dict:
   traced = {e["name"] for e in events if e.get("ph") == "X"}
   ops = max((hlo_ops(Path(f).read_text()) for f in glob.glob(f"{dump_dir}/*after_optimizations.txt")),
             key=lambda o: len(traced & o.keys()), default={})
-  out = summarize_trace(events, names, ops, calls, statistics.median(times) * 1e3)
+  out = summarize_trace(events, names, ops, calls, wall * 1e3)
   out.update(case=case, layout=layout, gflop=info["flops"] / 1e9)
   return out
 
