@@ -101,12 +101,10 @@ class GroupNorm(nn.Module):
     member = np.equal.outer(np.arange(channels) // (channels // groups),
                             np.arange(groups)).astype(np.float32)  # (C, G)
 
-    def group_mean(v: Array) -> Array:
-      g = jnp.dot(v, member, precision=jax.lax.Precision.HIGHEST) / count
-      return jnp.dot(g, member.T, precision=jax.lax.Precision.HIGHEST)
-
-    mean = group_mean(jnp.sum(x32, axis=spatial))
-    var = jnp.maximum(group_mean(jnp.sum(x32 * x32, axis=spatial)) - mean * mean, 0.0)
+    sums = jnp.stack([jnp.sum(x32, axis=spatial), jnp.sum(x32 * x32, axis=spatial)])  # (2, B, C)
+    groups_mean = jnp.dot(sums, member, precision=jax.lax.Precision.HIGHEST) / count
+    mean, mean_sq = jnp.dot(groups_mean, member.T, precision=jax.lax.Precision.HIGHEST)
+    var = jnp.maximum(mean_sq - mean * mean, 0.0)
     a = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
     b = bias.astype(jnp.float32) - mean * a
     expand = (slice(None),) + (None,) * len(spatial) + (slice(None),)
