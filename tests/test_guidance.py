@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from imagen_jax.diffusion.guidance import (Thresholding, dynamic_threshold, guided_output,
-                                           static_threshold)
+                                           row_percentile, static_threshold)
 
 
 def _images(seed=0, batch=6, size=8):
@@ -28,6 +28,34 @@ def test_dynamic_threshold_matches_diffusers(percentile):
   theirs = sched._threshold_sample(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
   ours = dynamic_threshold(jnp.asarray(x), percentile)
   np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 3 * 16 * 16, 3 * 64 * 64])
+@pytest.mark.parametrize("percentile", [50.0, 90.0, 99.5, 99.99, 100.0])
+def test_row_percentile_is_numpys_linear_percentile(n, percentile):
+  """The sort-free order statistics against float64 `np.percentile` (linear), with ties, zeros,
+  a constant row, values spanning many binades, and inf."""
+  rng = np.random.default_rng(n)
+  x = np.abs(rng.standard_normal((6, n))) * np.array([1e-3, 1.0, 1.0, 7.0, 1.0, 1e4])[:, None]
+  x[1] = np.round(x[1], 1)  # many ties
+  x[2, : (n + 1) // 2] = 0.0  # half zeros
+  x[4] = 0.25  # constant
+  x = x.astype(np.float32)
+  if n > 2:
+    x[5, 0] = np.inf
+  ours = np.asarray(row_percentile(jnp.asarray(x), percentile))
+  ref = np.percentile(x.astype(np.float64), percentile, axis=1)
+  finite = np.isfinite(ref)
+  np.testing.assert_allclose(ours[finite], ref[finite], rtol=2e-6, atol=0)
+  # Where the percentile reaches the inf, numpy gives inf (or NaN, interpolating inf − x): ours inf.
+  assert np.all(np.isposinf(ours[~finite]))
+
+
+def test_row_percentile_nan_row_gives_nan():
+  x = np.ones((2, 10), np.float32)
+  x[1, 3] = np.nan
+  out = np.asarray(row_percentile(jnp.asarray(x), 99.5))
+  assert out[0] == 1.0 and np.isnan(out[1])
 
 
 def test_dynamic_threshold_cap_matches_diffusers_sample_max_value():
