@@ -4,33 +4,22 @@ Times, per sampling step, the per-sample 99.5th percentile of |x̂₀| that dyna
 needs: `imagen_jax.diffusion.guidance.row_percentile` (bisection on the float bit patterns, no
 sort) against `jnp.percentile` (a sort per sample), each jitted alone, at the batch and image
 sizes of BENCH-A and of the cascade's three stages. Prints a markdown table; times are the median
-of `--calls` calls after one warm-up call.
+of `--calls` calls after two warm-up calls.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import median_seconds
 from imagen_jax.diffusion.guidance import row_percentile
 
 CASES = (("BENCH-A guided step (2 × 16 images)", 32, 32), ("64² base, 8 images", 8, 64),
          ("256² SR, 4 images", 4, 256), ("1024² SR, 1 image", 1, 1024))
-
-
-def _time(fn, x, calls: int) -> float:
-  jax.block_until_ready(fn(x))
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -49,7 +38,8 @@ def main(argv=None) -> None:
   for name, batch, size in CASES:
     x = jnp.asarray(np.abs(rng.standard_normal((batch, 3 * size * size), np.float32)))
     np.testing.assert_allclose(np.asarray(bisect(x)), np.asarray(sort(x)), rtol=1e-5)
-    a, b = _time(bisect, x, args.calls), _time(sort, x, args.calls)
+    a = median_seconds(bisect, x, calls=args.calls)
+    b = median_seconds(sort, x, calls=args.calls)
     print(f"| {name} | {3 * size * size} | {a * 1e3:.2f} | {b * 1e3:.2f} | {b / a:.1f}× |")
 
 

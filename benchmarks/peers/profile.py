@@ -35,29 +35,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.timing import median_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 VARIANTS = ("full", "no-groupnorm", "no-silu", "no-attention", "convs-only")
 CONV_SHAPES = ((32, 64, 64), (32, 192, 64), (16, 128, 128), (16, 384, 128), (8, 256, 256),
                (8, 512, 256))
-
-
-def _time(fn, *args, calls: int) -> float:
-  """Median seconds of `fn(*args)` to completion, after 2 warm-up calls."""
-  import jax
-
-  jax.block_until_ready(fn(*args))
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 # --- convs ---------------------------------------------------------------------------------------
@@ -82,7 +69,7 @@ def conv_worker(calls: int) -> list[dict]:
            "kernel grad": (jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
                            (x, w, dy))}
     for what, (fn, args) in fns.items():
-      t = _time(fn, *args, calls=calls)
+      t = median_seconds(fn, *args, calls=calls)
       rows.append({"shape": f"{size}² {cin}→{cout}", "op": what, "ms": t * 1e3,
                    "gflop_s": flops / t / 1e9})
   return rows
@@ -142,7 +129,8 @@ def ablate_worker(case: str, variant: str, calls: int) -> dict:
   from benchmarks.peers import ours
 
   call, info = ours.build(case)
-  return {"variant": variant, "ms": _time(call, calls=calls) * 1e3, "gflop": info["flops"] / 1e9}
+  return {"variant": variant, "ms": median_seconds(call, calls=calls) * 1e3,
+          "gflop": info["flops"] / 1e9}
 
 
 def run_ablate(args) -> None:
@@ -248,7 +236,7 @@ def trace_worker(case: str, layout: str, calls: int, dump_dir: str) -> dict:
   from benchmarks.peers import ours
 
   call, info = ours.build(case, layout=layout)
-  wall = _time(call, calls=calls)
+  wall = median_seconds(call, calls=calls)
   trace_dir = tempfile.mkdtemp(prefix="bench-trace-")
   jax.profiler.start_trace(trace_dir)
   for _ in range(calls):
@@ -262,8 +250,9 @@ def trace_worker(case: str, layout: str, calls: int, dump_dir: str) -> dict:
   # The traced program is the dumped module whose instruction names the events match best (the
   # dump also holds the initialiser's and other small programs).
   traced = {e["name"] for e in events if e.get("ph") == "X"}
-  ops = max((hlo_ops(Path(f).read_text()) for f in glob.glob(f"{dump_dir}/*after_optimizations.txt")),
-            key=lambda o: len(traced & o.keys()), default={})
+  dumps = glob.glob(f"{dump_dir}/*after_optimizations.txt")
+  ops = max((hlo_ops(Path(f).read_text()) for f in dumps), key=lambda o: len(traced & o.keys()),
+            default={})
   out = summarize_trace(events, names, ops, calls, wall * 1e3)
   out.update(case=case, layout=layout, gflop=info["flops"] / 1e9)
   return out
