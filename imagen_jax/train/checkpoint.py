@@ -53,6 +53,17 @@ from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
 
+
+class _ReadOnlyNotice(logging.Filter):
+  """Drops Orbax's "Given directory is read only" warning: opening a checkpoint directory read-only
+  is what sampling and evaluation are meant to do, not something to warn a user about."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())  # Orbax logs through absl's logger
+
 _ITEMS = ("state", "data_state", "config", "fingerprint")
 _FINGERPRINT_ALGO = "u32-bitsum-v1"
 _DAMAGED_SUBDIR = "damaged"
@@ -257,7 +268,8 @@ class Checkpointer:
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     reader = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        self.directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                        "fingerprint": ocp.JsonCheckpointHandler()})
     item = {name: abstract}
