@@ -33,7 +33,7 @@ def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, cro
       self_attention=(False, True, True, True), cross_attention=(False, True, True, True),
       efficient=False, attention_style="transformer", attention_per_block=True, head_dim=64,
       ff_mult=2, text_dim=text_dim, cond_dim=512, emb_dim=0, lowres_cond=lowres_resolution > 0,
-      out_channels=3, dropout=0.0, attention_impl="reference", dtype="float32",
+      out_channels=3, dropout=0.0, norm_groups=32, attention_impl="reference", dtype="float32",
       param_dtype="float32", remat=False))
   config.model.update(model)
 
@@ -65,6 +65,7 @@ def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, cro
   config.train.grad_clip = 1.0
   config.train.weight_decay = 0.0
   config.train.ema_decay = 0.9999
+  config.train.ema_warmup = True  # decay min(ema_decay, (1+t)/(10+t)): forget the initial weights
   config.train.seed = 0
   config.train.log_every = 100
   config.train.checkpoint_every = 5000

@@ -109,17 +109,22 @@ def test_sharded_step_matches_one_device():
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_nonfinite_update_is_skipped_and_counted():
-  cfg = SMALL
+def small_state_and_step(lr: float, **step_kw):
+  """The SMALL U-Net's fresh train state on one device and its jitted train step."""
   example = (jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), jnp.zeros((1, 4, 64)),
              jnp.ones((1, 4), bool))
-  opt_cfg = OptimizerConfig(lr=1e-3, warmup_steps=0)
+  opt_cfg = OptimizerConfig(lr=lr, warmup_steps=0)
   optimizer = make_optimizer(opt_cfg)
   mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
-  state, _ = create_sharded_state(lambda k: UNet(cfg).init(k, *example)["params"], optimizer, 0,
-                                  mesh, shd.DEFAULT_RULES)
-  step = jax.jit(make_train_step(StepConfig(cfg, CosineSchedule(), LossConfig()), optimizer,
-                                 learning_rate(opt_cfg)))
+  state, _ = create_sharded_state(lambda k: UNet(SMALL).init(k, *example)["params"], optimizer,
+                                  0, mesh, shd.DEFAULT_RULES)
+  step = jax.jit(make_train_step(StepConfig(SMALL, CosineSchedule(), LossConfig(), **step_kw),
+                                 optimizer, learning_rate(opt_cfg)))
+  return state, step
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+  state, step = small_state_and_step(1e-3)
   bad = {"image": jnp.full((2, 16, 16, 3), jnp.nan), "text_embeddings": jnp.zeros((2, 4, 64)),
          "text_mask": jnp.ones((2, 4), bool)}
   kept = lambda s: jax.device_get((s.params, s.opt_state, s.ema_params))
@@ -138,6 +143,28 @@ def test_nonfinite_update_is_skipped_and_counted():
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[0]),
                                                       jax.tree.leaves(jax.device_get(state.params)))]
   assert any(changed)  # a finite step updates
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+  """Update t uses decay min(d, (1+t)/(10+t)): after the first update the EMA is 0.1·init +
+  0.9·params (a plain EMA would keep 0.99 of the random init), and the decay reaches d later."""
+  from imagen_jax.train.step import ema_decay_at
+
+  np.testing.assert_allclose([float(ema_decay_at(t, 0.99)) for t in (0, 10, 100, 10_000)],
+                             [0.1, 11 / 20, 101 / 110, 0.99], rtol=1e-6)
+  assert float(ema_decay_at(0, 0.99, warmup=False)) == np.float32(0.99)
+  state, step = small_state_and_step(1e-2, ema_decay=0.99)
+  init = jax.device_get(state.params)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
+           "text_embeddings": jnp.zeros((2, 4, 64)), "text_mask": jnp.ones((2, 4), bool)}
+  state, _ = step(state, batch)
+  params, ema = jax.device_get((state.params, state.ema_params))
+  moved = 0
+  for i, p, e in zip(jax.tree.leaves(init), jax.tree.leaves(params), jax.tree.leaves(ema)):
+    np.testing.assert_allclose(e, 0.1 * i + 0.9 * p, rtol=1e-5, atol=1e-7)
+    moved += not np.allclose(p, i)
+  assert moved  # the update changed the parameters, so the check above tells the decays apart
 
 
 def test_tiny_stage_reduces_its_loss(prepared, tmp_path):

@@ -76,6 +76,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     loss=LossConfig(prediction=d.prediction, weighting=d.loss_weighting,
                                     min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm),
                     p_uncond=d.p_uncond, ema_decay=config.train.ema_decay,
+                    ema_warmup=config.train.get("ema_warmup", True),
                     noise_augmentation=aug)
 
 
