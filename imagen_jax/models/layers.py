@@ -118,16 +118,18 @@ class ResBlock(nn.Module):
 
   features: int
   dropout: float = 0.0
+  groups: int = 32  # GroupNorm groups (gcd with the channel count)
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = conv(self.features, 3, name="conv_0", **kw)(nn.silu(GroupNorm(**kw, name="norm_0")(x)))
+    norm = lambda name: GroupNorm(self.groups, **kw, name=name)
+    h = conv(self.features, 3, name="conv_0", **kw)(nn.silu(norm("norm_0")(x)))
     scale_shift = dense(2 * self.features, ("cond", "embed"), name="emb_proj", **kw)(nn.silu(emb))
     scale, shift = jnp.split(scale_shift[:, None, None, :].astype(self.dtype), 2, axis=-1)
-    h = GroupNorm(**kw, name="norm_1")(h) * (1.0 + scale) + shift
+    h = norm("norm_1")(h) * (1.0 + scale) + shift
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv(self.features, 3, name="conv_1", zero_init=True, **kw)(h)
     if x.shape[-1] != self.features:
@@ -178,6 +180,7 @@ class AttentionBlock(nn.Module):
   head_dim: int = 64
   ff_mult: int = 2
   impl: AttentionImpl = "reference"
+  groups: int = 32  # GroupNorm groups (gcd with the channel count)
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -193,13 +196,13 @@ class AttentionBlock(nn.Module):
       if not self.self_attention:
         raise ValueError("'joint' attention needs self_attention (the image keys); use the "
                          "'transformer' style for cross-attention alone")
-      h = GroupNorm(**kw, name="norm")(x).reshape(b, hgt * wid, c)
+      h = GroupNorm(self.groups, **kw, name="norm")(x).reshape(b, hgt * wid, c)
       ctx, mask = (text, text_mask) if self.cross_attention else (None, None)
       tokens = tokens + MultiHeadAttention(**mha, joint_context=True, name="attention")(
           h, ctx, mask)
     elif self.style == "transformer":
       if self.self_attention:
-        h = GroupNorm(**kw, name="self_norm")(x).reshape(b, hgt * wid, c)
+        h = GroupNorm(self.groups, **kw, name="self_norm")(x).reshape(b, hgt * wid, c)
         tokens = tokens + MultiHeadAttention(**mha, name="self_attention")(h)
       if self.cross_attention:
         h = layer_norm(self.param_dtype, "cross_norm")(tokens)

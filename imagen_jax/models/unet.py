@@ -61,6 +61,7 @@ class UNetConfig:
   lowres_cond: bool = False  # super-resolution stage
   out_channels: int = 3
   dropout: float = 0.0
+  norm_groups: int = 32  # GroupNorm groups; a level with fewer channels uses gcd(groups, channels)
   attention_impl: AttentionImpl = "reference"
   dtype: str = "float32"  # compute dtype ("bfloat16" on TPU)
   param_dtype: str = "float32"
@@ -195,10 +196,11 @@ class UNet(nn.Module):
       return attn_block(self_attention=cfg.self_attention[level],
                         cross_attention=cfg.cross_attention[level], style=cfg.attention_style,
                         head_dim=cfg.head_dim,
-                        ff_mult=cfg.ff_mult, impl=cfg.attention_impl, name=name, **kw)
+                        ff_mult=cfg.ff_mult, impl=cfg.attention_impl, groups=cfg.norm_groups,
+                        name=name, **kw)
 
     def res(features: int, name: str):
-      return res_block(features, dropout=cfg.dropout, name=name, **kw)
+      return res_block(features, dropout=cfg.dropout, groups=cfg.norm_groups, name=name, **kw)
 
     def apply(hid, level, i, stage, n):
       hid = res(cfg.width * cfg.channel_mults[level], f"{stage}_{level}_res_{i}")(hid, emb, train)
@@ -246,7 +248,7 @@ class UNet(nn.Module):
           hid = apply(hid, level, i, "up", cfg.num_res_blocks[level] + 1)
         if level > 0:
           hid = Upsample(hid.shape[-1], name=f"up_{level}_upsample", **kw)(hid)
-    hid = nn.silu(GroupNorm(name="norm_out", **kw)(hid))
+    hid = nn.silu(GroupNorm(cfg.norm_groups, name="norm_out", **kw)(hid))
     out = conv(cfg.out_channels, 3, name="conv_out", zero_init=True, **kw)(hid)
     return out.astype(jnp.float32)
 
