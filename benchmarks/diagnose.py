@@ -10,6 +10,9 @@ Tables, on held-out test-split examples of the workdir's shapes dataset:
   samplers — the SR stage run on the real low-res images: PSNR/SSIM against the real images for
              DPM-Solver++ at 25 steps and DDPM at 1000, EMA vs raw weights, sampling aug levels;
   curves   — each stage's training loss from metrics.jsonl (first, middle, last logged steps).
+
+Plots (PNG, `--plots DIR`, default <workdir>/diagnose): `loss_curves.png` (loss vs step per stage)
+and `one_step_error.png` (the errors table: MSE vs t per stage, EMA weights).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def _dataset(workdir: Path, given: str | None) -> str:
   return str(found[0])
 
 
-def table_errors(workdir: Path, dataset: str, num: int, aug_levels: list[float]) -> None:
+def table_errors(workdir: Path, dataset: str, num: int, aug_levels: list[float],
+                 plots: Path | None = None) -> None:
   from imagen_jax.cascade import load_cascade
   from imagen_jax.eval import diagnose
   from imagen_jax.eval.run import read_split
@@ -39,6 +43,7 @@ def table_errors(workdir: Path, dataset: str, num: int, aug_levels: list[float])
   ema = load_cascade(workdir, use_ema=True)
   raw = load_cascade(workdir, use_ema=False)
   times = diagnose.DEFAULT_TIMES
+  series = {}
   print("\n### One-step x̂₀ MSE by noise time t (test split, "
         f"{len(captions)} images; clipped to [-1, 1])\n")
   print("| stage | weights | aug level | " + " | ".join(f"t={t:g}" for t in times) + " |")
@@ -50,12 +55,20 @@ def table_errors(workdir: Path, dataset: str, num: int, aug_levels: list[float])
       for level in levels:
         err = diagnose.denoising_error(stage, stage.params, batch, times=times, aug_level=level)
         lev = "-" if level is None else f"{level:g}"
+        if name == "EMA":
+          series[stage.name + ("" if level is None else f" aug {level:g}")] = (times, err)
         print(f"| {stage.name} (step {stage.step}) | {name} | {lev} | "
               + " | ".join(f"{e:.4f}" for e in err) + " |", flush=True)
     ref = f"mean image {diagnose.mean_image_error(batch):.4f}"
     if s_ema.lowres_resolution:
       ref += f", bicubic copy {diagnose.bicubic_error(batch):.4f}"
     print(f"| {s_ema.name} | baselines | | {ref} |" + " |" * (len(times) - 1))
+  if plots is not None:
+    from benchmarks.plots import line_plot
+
+    path = line_plot(plots / "one_step_error.png", series, title="one-step x0 MSE (EMA)",
+                     xlabel="noise time t", ylabel="MSE", logy=True)
+    print(f"\nplot: {path}")
 
 
 def table_samplers(workdir: Path, dataset: str, num: int, aug_levels: list[float],
@@ -96,11 +109,12 @@ def table_samplers(workdir: Path, dataset: str, num: int, aug_levels: list[float
         f"{score(real_up, captions)['all']:.3f} | |")
 
 
-def table_curves(workdir: Path) -> None:
+def table_curves(workdir: Path, plots: Path | None = None) -> None:
   from imagen_jax.cascade import stage_dirs
   from imagen_jax.train.metrics import read_metrics
 
   print("\n### Training loss (metrics.jsonl)\n")
+  series = {}
   for d in stage_dirs(workdir):
     rows = {r["step"]: r for r in read_metrics(d) if "loss" in r}
     steps = sorted(rows)
@@ -109,6 +123,13 @@ def table_curves(workdir: Path) -> None:
     picks = sorted({steps[0], steps[len(steps) // 4], steps[len(steps) // 2],
                     steps[3 * len(steps) // 4], steps[-1]})
     print(f"{d.name}: " + ", ".join(f"step {s}: {rows[s]['loss']:.4f}" for s in picks))
+    series[d.name] = (steps, [rows[s]["loss"] for s in steps])
+  if plots is not None and series:
+    from benchmarks.plots import line_plot
+
+    path = line_plot(plots / "loss_curves.png", series, title="training loss",
+                     xlabel="step", ylabel="loss", logy=True)
+    print(f"plot: {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,14 +140,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--tables", nargs="+", default=["curves", "errors", "samplers"],
                       choices=["curves", "errors", "samplers"])
   parser.add_argument("--aug-levels", nargs="+", type=float, default=[0.0, 0.1, 0.2])
+  parser.add_argument("--plots", type=Path, help="where to write PNGs (default <workdir>/diagnose)")
   parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m:25", "ddpm:1000"],
                       help="name:steps pairs for the samplers table")
   args = parser.parse_args(argv)
   dataset = _dataset(args.workdir, args.dataset)
+  plots = args.plots or args.workdir / "diagnose"
   if "curves" in args.tables:
-    table_curves(args.workdir)
+    table_curves(args.workdir, plots)
   if "errors" in args.tables:
-    table_errors(args.workdir, dataset, args.num, args.aug_levels)
+    table_errors(args.workdir, dataset, args.num, args.aug_levels, plots)
   if "samplers" in args.tables:
     table_samplers(args.workdir, dataset, args.num, args.aug_levels, args.samplers)
 
