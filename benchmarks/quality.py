@@ -4,10 +4,11 @@
     python -m benchmarks.quality fashion --workdir runs/fashion   # ≈ 45 min on 2 cores
 
 `shapes`: the demo (`imagen_jax.demo.run_demo`: shapes data, tiny T5, tiny base 32 px + tiny SR
-64 px stages, v-prediction) trained longer (`--base-steps`, `--sr-steps`), then `imagen-jax eval`'s
-sweep on held-out prompts: exact attribute alignment of base samples at guidance weights 1, 3, 5, 8
-with static vs dynamic thresholding (Imagen's claims: guidance raises alignment; dynamic
-thresholding beats static at high weights), and the SR stage's PSNR/SSIM against the real 64 px
+64 px stages, the recipe of configs/demo.py) trained longer (`--base-steps`, `--sr-steps`), then `imagen-jax eval`'s
+sweep on held-out prompts: exact attribute alignment of the base stage's samples and of the
+cascade's final 64 px images (`final_*`) at guidance weights 1, 3, 5, 8 with static vs dynamic
+thresholding (Imagen's claims: guidance raises alignment; dynamic thresholding beats static at
+high weights), and the SR stage's PSNR/SSIM against the real 64 px
 images with bicubic upsampling as the baseline.
 
 `fashion`: `fashion_mnist_captions` (Debian's Fashion-MNIST, 60k training images with templated

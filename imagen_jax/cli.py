@@ -328,6 +328,12 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--sr-guidance", type=float, default=1.0,
                       help="guidance weight of the SR stages for PSNR/SSIM (default 1: unguided)")
+  parser.add_argument("--sr-guidance-cascade", type=float, default=None,
+                      help="guidance weight of the SR stages when the whole cascade samples the "
+                      "prompts (default: each row's --guidance weight)")
+  parser.add_argument("--aug-level", type=float, default=None,
+                      help="SR stages' noise-augmentation level at sampling (default: each "
+                      "stage's config.diffusion.aug_sample_level)")
   parser.add_argument("--fashion-classifier", metavar="DIR",
                       help="for fashion_mnist_captions: where the Fashion-MNIST classifier is "
                       "cached (trained there on first use, ~1 min; default: "
@@ -347,7 +353,9 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     rows = evaluate_cascade(cascade, args.dataset, split=args.split, num=args.num,
                             guidance=args.guidance, thresholding=args.thresholding,
                             steps=args.steps, seed=args.seed,
-                            fashion_classifier=classifier, sr_guidance=args.sr_guidance)
+                            fashion_classifier=classifier, sr_guidance=args.sr_guidance,
+                            sr_guidance_cascade=args.sr_guidance_cascade,
+                            aug_level=args.aug_level)
   except (CascadeError, FileNotFoundError) as e:
     raise ConfigError(str(e)) from e
   print(format_rows(rows))

@@ -32,14 +32,37 @@ def read_split(dataset: str, split: str, num: int) -> tuple[list[str], list[np.n
   return [decode_text(r["caption"]) for r in records], [np.asarray(r["image"]) for r in records]
 
 
+def shapes_alignment(images: np.ndarray, captions: Sequence[str], prefix: str) -> dict[str, float]:
+  """The exact scorer's rates, overall and split by one-object and two-object captions:
+  `<prefix>color` … `<prefix>all` over all captions, `<prefix>single_{color,shape,size,all}` and
+  `<prefix>two_{relation,all}` (NaN when the split has no captions)."""
+  from imagen_jax.eval.shapes_score import aggregate, parse_caption, score_details
+
+  details = score_details(images, captions)
+  single = [d for d in details if len(parse_caption(d.caption).objects) == 1]
+  two = [d for d in details if len(parse_caption(d.caption).objects) == 2]
+  row = {f"{prefix}{k}": v for k, v in aggregate(details).items() if k != "num_images"}
+  one, pair = aggregate(single), aggregate(two)
+  row.update({f"{prefix}single_{k}": one[k] for k in ("color", "shape", "size", "all")})
+  row.update({f"{prefix}two_{k}": pair[k] for k in ("relation", "all")})
+  return row
+
+
 def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num: int = 64,
                      guidance: Sequence[float] = (1.0, 3.0, 5.0, 8.0),
                      thresholding: Sequence[str] = ("static", "dynamic"), steps: int = 25,
                      seed: int = 0, fashion_classifier: str | None = None,
-                     sr_guidance: float = 1.0) -> list[dict[str, Any]]:
-  """One row per (guidance, thresholding): alignment / accuracy of base samples; then, for a
-  cascade with SR stages, one row per thresholding: PSNR/SSIM of the SR chain run on the real
-  low-res images (at guidance `sr_guidance`, 1 = unguided) against the real high-res ones."""
+                     sr_guidance: float = 1.0, sr_guidance_cascade: float | None = None,
+                     aug_level: float | None = None) -> list[dict[str, Any]]:
+  """One row per (guidance, thresholding) of samples for the split's captions; then, for a
+  cascade with SR stages, one row per thresholding: the SR chain run on the real low-res images
+  (at guidance `sr_guidance`, 1 = unguided) against the real high-res ones.
+
+  shapes: the whole cascade runs; `align_*` scores the base stage's images, `final_*` the last
+  stage's (the cascade's output; `shapes_alignment`), the SR rows add PSNR/SSIM and the scorer on
+  the SR outputs. The SR stages of the cascade rows are guided by `sr_guidance_cascade` (None: the
+  row's weight). Fashion-MNIST: the base stage's classifier accuracy and Fréchet distance.
+  `aug_level` overrides the SR stages' sampling noise-augmentation level."""
   from imagen_jax.eval.metrics import psnr, ssim
 
   captions, real = read_split(dataset, split, num)
@@ -48,8 +71,11 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
   rows = []
   for weight in guidance:
     for kind in thresholding:
-      opts = {s.name: SamplingOptions(weight, "dpmpp_2m", steps, kind) for s in cascade.stages}
-      samples = cascade.sample(captions, seed=seed, options=opts, stages=[base.name])[base.name]
+      sr_weight = weight if sr_guidance_cascade is None else sr_guidance_cascade
+      opts = {s.name: SamplingOptions(sr_weight if s.lowres_resolution else weight, "dpmpp_2m",
+                                      steps, kind, aug_level=aug_level) for s in cascade.stages}
+      run = [base.name] if is_fashion else None
+      samples = cascade.sample(captions, seed=seed, options=opts, stages=run)
       row: dict[str, Any] = {"guidance": weight, "thresholding": kind, "num": len(captions)}
       if is_fashion:
         from imagen_jax.eval.fashion_classifier import (evaluate_fashion, load_classifier,
@@ -61,12 +87,16 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
           labels = np.array([parse_fashion_caption(c) for c in captions])
           reals = np.stack([image_ops.to_signed(image_ops.square_resize(im, base.resolution))
                             for im in real])
-          row.update(evaluate_fashion(samples, labels, classifier, reals))
+          row.update(evaluate_fashion(samples[base.name], labels, classifier, reals))
       else:
         from imagen_jax.eval.shapes_score import score
 
-        row.update({f"align_{k}": v for k, v in score(samples, captions).items()
+        row.update({f"align_{k}": v for k, v in score(samples[base.name], captions).items()
                     if k != "num_images"})
+        last = cascade.stages[-1]
+        if last is not base:
+          row["sr_guidance"] = float(sr_weight)
+          row.update(shapes_alignment(samples[last.name], captions, "final_"))
       rows.append(row)
   sr = [s for s in cascade.stages if s.lowres_resolution]
   if sr:
@@ -76,12 +106,19 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
     bicubic = np.stack([image_ops.to_signed(image_ops.resize(image_ops.from_signed(x), hi))
                         for x in real_lo])
     for kind in thresholding:  # fidelity to the real image: unguided unless told otherwise
-      opts = {s.name: SamplingOptions(sr_guidance, "dpmpp_2m", steps, kind) for s in sr}
+      opts = {s.name: SamplingOptions(sr_guidance, "dpmpp_2m", steps, kind, aug_level=aug_level)
+              for s in sr}
       up = cascade.sample(captions, seed=seed, lowres=real_lo, options=opts)[sr[-1].name]
-      rows.append({"stage": "sr", "sr_guidance": float(sr_guidance), "thresholding": kind,
-                   "psnr": float(psnr(up, real_hi)), "ssim": float(ssim(up, real_hi)),
-                   "bicubic_psnr": float(psnr(bicubic, real_hi)),
-                   "bicubic_ssim": float(ssim(bicubic, real_hi))})
+      row = {"stage": "sr", "sr_guidance": float(sr_guidance), "thresholding": kind,
+             "psnr": float(psnr(up, real_hi)), "ssim": float(ssim(up, real_hi)),
+             "bicubic_psnr": float(psnr(bicubic, real_hi)),
+             "bicubic_ssim": float(ssim(bicubic, real_hi))}
+      if not is_fashion:
+        from imagen_jax.eval.shapes_score import score
+
+        row["align_all"] = score(up, captions)["all"]
+        row["bicubic_align_all"] = score(bicubic, captions)["all"]
+      rows.append(row)
   return rows
 
 
