@@ -27,6 +27,8 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def _fmt(v: float) -> str:
+  if v == int(v) and abs(v) < 1e6:
+    return str(int(v))
   return f"{v:.3g}"
 
 
@@ -56,7 +58,9 @@ def line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequ
   d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
   for t in _ticks(x0, x1):
     d.line([px(t), h - bottom, px(t), h - bottom + 4], fill=(0, 0, 0))
-    d.text((px(t) - 12, h - bottom + 6), _fmt(10 ** t if logx else t), fill=(0, 0, 0), font=font)
+    label = _fmt(10 ** t if logx else t)
+    d.text((min(px(t) - 3 * len(label), w - 6 * len(label) - 2), h - bottom + 6), label,
+           fill=(0, 0, 0), font=font)
   for t in _ticks(y0, y1):
     d.line([left - 4, py(t), w - right, py(t)], fill=(225, 225, 225))
     d.text((4, py(t) - 6), _fmt(10 ** t if logy else t), fill=(0, 0, 0), font=font)

@@ -36,3 +36,16 @@ def test_one_step_error_is_the_posterior_variance():
   # the negative control is told apart where the posterior mean carries signal (low noise)
   worse = one_step_error(GaussianDenoiser(gain=0.5), None, x0, None, **kw)
   assert np.all(worse[:2] > 1.1 * expected[:2]), (worse, expected)
+
+
+def test_line_plot_draws_each_series(tmp_path):
+  from PIL import Image
+
+  from benchmarks.plots import COLORS, line_plot
+
+  path = line_plot(tmp_path / "p.png", {"a": ([1, 10, 100], [1.0, 0.1, 0.01]),
+                                        "b": ([1, 100], [0.5, 0.5])}, logx=True, logy=True)
+  pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+  for color in COLORS[:2]:
+    assert (pixels == color).all(axis=1).sum() > 50, color  # each line is drawn
+  assert not (pixels == COLORS[2]).all(axis=1).any()  # and nothing for a third series
