@@ -21,7 +21,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _dataset(workdir: Path, given: str | None) -> str:
@@ -90,8 +89,7 @@ def table_samplers(workdir: Path, dataset: str, num: int, aug_levels: list[float
     if not sr:
       raise SystemExit("the workdir has no SR stage")
     hi, lo = sr[-1].resolution, sr[0].lowres_resolution
-    real_hi = np.stack([image_ops.to_signed(image_ops.square_resize(im, hi)) for im in real])
-    real_lo = np.stack([image_ops.to_signed(image_ops.square_resize(im, lo)) for im in real])
+    real_hi, real_lo = image_ops.signed_batch(real, hi), image_ops.signed_batch(real, lo)
     for spec in samplers:
       name, steps = spec.split(":")
       for level in aug_levels:
@@ -103,8 +101,7 @@ def table_samplers(workdir: Path, dataset: str, num: int, aug_levels: list[float
         print(f"| {'EMA' if use_ema else 'raw'} | {name} {steps} | {level:g} | "
               f"{psnr(up, real_hi):.2f} | {ssim(up, real_hi):.3f} | "
               f"{score(up, captions)['all']:.3f} | {dt:.0f} |", flush=True)
-  real_up = np.stack([image_ops.to_signed(image_ops.resize(image_ops.from_signed(x), hi))
-                      for x in real_lo])
+  real_up = image_ops.bicubic_upsample(real_lo, hi)
   print(f"| bicubic | - | - | {psnr(real_up, real_hi):.2f} | {ssim(real_up, real_hi):.3f} | "
         f"{score(real_up, captions)['all']:.3f} | |")
 

@@ -125,12 +125,9 @@ def _evaluate(cascade, dataset_dir: Path, config: ml_collections.ConfigDict) -> 
   sample = config.sample
   rows = evaluate_cascade(cascade, str(dataset_dir), split="test", num=config.eval.num_prompts,
                           guidance=[sample.guidance_weight], thresholding=[sample.thresholding],
-                          steps=sample.num_steps, seed=sample.seed + 1,
-                          sr_guidance_cascade=sample.get("sr_guidance_weight"))
+                          steps=sample.num_steps, seed=sample.seed + 1)
   captions, real = read_split(str(dataset_dir), "test", config.eval.num_prompts)
-  final_size = cascade.stages[-1].resolution
-  real_hi = np.stack([image_ops.to_signed(image_ops.square_resize(im, final_size))
-                      for im in real])
+  real_hi = image_ops.signed_batch(real, cascade.stages[-1].resolution)
   cascade_row, sr = rows[0], rows[-1]
   pick = lambda row, prefix: {k.removeprefix(prefix): v for k, v in row.items()
                               if k.startswith(prefix)}

@@ -54,3 +54,15 @@ def to_signed(image: np.ndarray) -> np.ndarray:
 def from_signed(image: np.ndarray) -> np.ndarray:
   """float [-1, 1] → uint8 [0, 255] (clipped, rounded)."""
   return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def signed_batch(images, size: int) -> np.ndarray:
+  """uint8 HWC images → one float32 NHWC batch in [-1, 1], each centre-cropped and resized to
+  `size` (how evaluation sees real images at a stage's resolution)."""
+  return np.stack([to_signed(square_resize(np.asarray(im), size)) for im in images])
+
+
+def bicubic_upsample(images: np.ndarray, size: int) -> np.ndarray:
+  """Bicubic upsampling of a float NHWC batch in [-1, 1] to `size` (through uint8, as a user's
+  PNG would be): the baseline every SR stage is compared with."""
+  return np.stack([to_signed(resize(from_signed(x), size)) for x in images])

@@ -44,12 +44,8 @@ class StageBatch:
 
 def stage_batch(stage, captions: Sequence[str], real: Sequence[np.ndarray], encoder) -> StageBatch:
   """`real` uint8 images resized to the stage's resolution (and low resolution), captions encoded."""
-  hi = np.stack([image_ops.to_signed(image_ops.square_resize(im, stage.resolution))
-                 for im in real])
-  lo = None
-  if stage.lowres_resolution:
-    lo = np.stack([image_ops.to_signed(image_ops.square_resize(im, stage.lowres_resolution))
-                   for im in real])
+  hi = image_ops.signed_batch(real, stage.resolution)
+  lo = image_ops.signed_batch(real, stage.lowres_resolution) if stage.lowres_resolution else None
   emb, mask, _ = encoder.encode(list(captions))
   return StageBatch(hi, lo, np.asarray(emb), np.asarray(mask))
 
@@ -97,9 +93,7 @@ def denoising_error(stage, params: Any, batch: StageBatch, *, times: Sequence[fl
 
 def bicubic_error(batch: StageBatch) -> float:
   """MSE of bicubic upsampling of the low-res images: the error of a stage that only copies."""
-  size = batch.images.shape[1]
-  up = np.stack([image_ops.to_signed(image_ops.resize(image_ops.from_signed(x), size))
-                 for x in batch.lowres])
+  up = image_ops.bicubic_upsample(batch.lowres, batch.images.shape[1])
   return float(np.mean(np.square(up - batch.images)))
 
 

@@ -85,8 +85,7 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
             if fashion_classifier else None  # trained on first use, then cached
         if classifier is not None:
           labels = np.array([parse_fashion_caption(c) for c in captions])
-          reals = np.stack([image_ops.to_signed(image_ops.square_resize(im, base.resolution))
-                            for im in real])
+          reals = image_ops.signed_batch(real, base.resolution)
           row.update(evaluate_fashion(samples[base.name], labels, classifier, reals))
       else:
         from imagen_jax.eval.shapes_score import score
@@ -101,10 +100,8 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
   sr = [s for s in cascade.stages if s.lowres_resolution]
   if sr:
     hi, lo = sr[-1].resolution, sr[0].lowres_resolution
-    real_hi = np.stack([image_ops.to_signed(image_ops.square_resize(im, hi)) for im in real])
-    real_lo = np.stack([image_ops.to_signed(image_ops.square_resize(im, lo)) for im in real])
-    bicubic = np.stack([image_ops.to_signed(image_ops.resize(image_ops.from_signed(x), hi))
-                        for x in real_lo])
+    real_hi, real_lo = image_ops.signed_batch(real, hi), image_ops.signed_batch(real, lo)
+    bicubic = image_ops.bicubic_upsample(real_lo, hi)
     for kind in thresholding:  # fidelity to the real image: unguided unless told otherwise
       opts = {s.name: SamplingOptions(sr_guidance, "dpmpp_2m", steps, kind, aug_level=aug_level)
               for s in sr}
