@@ -37,6 +37,20 @@ def test_layout_and_ids_match_sentencepiece(tok_dir):
   assert "▁circle" in {sp.id_to_piece(i) for i in range(sp.get_piece_size())}
 
 
+def test_caption_words_are_single_tokens(tok_dir):
+  """Every word of the training captions is one piece (sentencepiece's unigram trainer alone
+  splits "small" into ▁s m a ll here), Hugging Face segments exactly as sentencepiece does, and an
+  unknown word still tokenizes (into characters)."""
+  sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "spiece.model"))
+  tok = Tokenizer.from_directory(tok_dir, max_length=32)
+  words = sorted({w for c in CAPTIONS for w in c.split()})
+  pieces = tok.hf.convert_ids_to_tokens(tok.hf(" ".join(words))["input_ids"])
+  assert pieces == [f"▁{w}" for w in words] + ["</s>"]
+  for text in CAPTIONS[::7] + ["a purple elephant above a tiny red circle", "A RED circle!"]:
+    assert tok.hf(text)["input_ids"][:-1] == sp.encode(text), text
+  assert len(tok(["a red elephant"]).input_ids[0].nonzero()[0]) > 4
+
+
 def test_truncation_is_reported_and_matches_hf(tok_dir, caplog):
   texts = ["a red circle", "a large yellow triangle to the right of a blue square"]
   n = len(Tokenizer.from_directory(tok_dir)(texts[:1]).input_ids[0].nonzero()[0])  # incl. </s>

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -109,6 +110,9 @@ def train_sentencepiece(captions: Iterable[str], out_dir: str | os.PathLike, voc
   Special ids follow T5: <pad> = 0, </s> = 1, <unk> = 2 (no BOS, no sentinel extra ids). The vocab
   size is a soft limit: a small caption set yields fewer pieces rather than an error. The directory
   is written atomically (a temporary directory renamed into place). Returns `out_dir`.
+
+  The model is completed with the captions' whole words (`_complete_with_words`): on a small,
+  repetitive caption set sentencepiece's unigram trainer prunes most words to characters.
   """
   import sentencepiece as spm
   import transformers
@@ -125,9 +129,10 @@ def train_sentencepiece(captions: Iterable[str], out_dir: str | os.PathLike, voc
       model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
       hard_vocab_limit=False, input_sentence_size=max_sentences, shuffle_input_sentence=True,
       num_threads=1, minloglevel=2)
+  proto = _complete_with_words(model.getvalue(), captions, vocab_size)
   tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
   try:
-    (tmp / "spiece.model").write_bytes(model.getvalue())
+    (tmp / "spiece.model").write_bytes(proto)
     hf = transformers.T5Tokenizer.from_pretrained(str(tmp), extra_ids=0, local_files_only=True)
     hf.save_pretrained(str(tmp))
     if out_dir.exists():
@@ -136,3 +141,35 @@ def train_sentencepiece(captions: Iterable[str], out_dir: str | os.PathLike, voc
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
+
+
+def _complete_with_words(model_proto: bytes, captions: Sequence[str], vocab_size: int) -> bytes:
+  """Add every caption word the model lacks as a piece of its own, within `vocab_size` pieces.
+
+  sentencepiece's unigram trainer (0.2.x) keeps only 43 pieces of the `shapes` captions, whatever
+  the vocab size: "a small red circle" became ▁a ▁s m a ll ▁ re d ▁circle </s>, so a colour or size
+  was three to five character tokens that the (random, frozen) tiny T5 cannot compose, and two-
+  object captions ran to 32 tokens. A unigram model whose vocabulary holds every word has its
+  maximum-likelihood optimum at whole words scored by log frequency; that is what is added here,
+  the most frequent words first, each scored log(count / total words). The trained pieces stay
+  (characters and fragments: unknown words still tokenize), and so does the trainer's normaliser,
+  so the file is an ordinary unigram `spiece.model` that sentencepiece and Hugging Face's
+  tokenizers segment identically (Viterbi: a known word is one piece).
+  """
+  from collections import Counter
+
+  from sentencepiece import sentencepiece_model_pb2
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(model_proto)
+  have = {p.piece for p in proto.pieces}
+  counts = Counter("\u2581" + w for c in captions for w in c.split())
+  total = sum(counts.values())
+  room = max(0, vocab_size - len(proto.pieces))
+  new = sorted((w for w in counts if w not in have), key=lambda w: (-counts[w], w))[:room]
+  for word in new:
+    piece = proto.pieces.add()
+    piece.piece, piece.score = word, math.log(counts[word] / total)
+    piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
+  proto.trainer_spec.vocab_size = len(proto.pieces)
+  return proto.SerializeToString()
