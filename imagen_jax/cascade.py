@@ -31,8 +31,8 @@ from imagen_jax.diffusion import (
   NoiseAugmentation,
   SamplerConfig,
   Thresholding,
-  get_schedule,
   jit_sample,
+  stage_schedule,
 )
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
@@ -204,7 +204,7 @@ class Cascade:
             previous, float(level), jax.random.fold_in(key, 1))
       size = stage.resolution
       images = jit_sample(UNetDenoiser(stage.unet), stage.params, (n, size, size, 3), key,
-                          stage_cond, schedule=get_schedule(stage.config.diffusion.schedule),
+                          stage_cond, schedule=stage_schedule(stage.config.diffusion),
                           config=opts.sampler_config(),
                           prediction=stage.config.diffusion.prediction,
                           null_cond=null_text(stage_cond),

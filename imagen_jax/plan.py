@@ -171,7 +171,7 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
   """Compile `config`'s train step (and sampler) for `topology`; see the module docstring.
 
   `devices` replaces the TPU topology (e.g. CPU devices, for tests of the plumbing)."""
-  from imagen_jax.diffusion import SamplerConfig, Thresholding, get_schedule, sample as sample_fn
+  from imagen_jax.diffusion import SamplerConfig, Thresholding, sample as sample_fn, stage_schedule
   from imagen_jax.models.unet import UNetDenoiser, null_text
   from imagen_jax.train.loop import StageProgram, batch_shardings
   from imagen_jax.train.state import abstract_sharded_state, param_count
@@ -230,7 +230,7 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
 
     def run(params, key, cond, weight):
       return sample_fn(denoiser, params, (n, sample_size, sample_size, 3), key, cond,
-                       schedule=get_schedule(config.diffusion.schedule), config=sampler,
+                       schedule=stage_schedule(config.diffusion), config=sampler,
                        prediction=config.diffusion.prediction, null_cond=null_text(cond),
                        guidance_weight=weight)
 

@@ -33,12 +33,13 @@ def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, cro
       self_attention=(False, True, True, True), cross_attention=(False, True, True, True),
       efficient=False, attention_style="transformer", attention_per_block=True, head_dim=64,
       ff_mult=2, text_dim=text_dim, cond_dim=512, emb_dim=0, lowres_cond=lowres_resolution > 0,
-      out_channels=3, dropout=0.0, norm_groups=32, attention_impl="reference", dtype="float32",
-      param_dtype="float32", remat=False))
+      lowres_residual=False, out_channels=3, dropout=0.0, norm_groups=32,
+      attention_impl="reference", dtype="float32", param_dtype="float32", remat=False))
   config.model.update(model)
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = schedule  # 'cosine' | 'linear' | 'ddpm_<beta schedule>'
+  config.diffusion.logsnr_shift = 0.0  # cosine only: simple diffusion's shift (< 0: more noise)
   config.diffusion.prediction = prediction  # 'eps' | 'v' | 'x0'
   config.diffusion.loss_weighting = "none"  # 'none' | 'min_snr'
   config.diffusion.min_snr_gamma = 5.0

@@ -49,6 +49,23 @@ def test_cosine_matches_nichol_offset():
   np.testing.assert_allclose(sch.logsnr(t), np.log(alpha_bar / (1 - alpha_bar)), atol=1e-5)
 
 
+@pytest.mark.parametrize("shift", [-2 * math.log(4.0), 1.5])
+def test_shifted_cosine_is_simple_diffusions(shift):
+  """Simple diffusion's shifted cosine, λ(t) = −2·log tan(πt/2) + shift, wherever the ends' clip
+  is inactive; the ends stay at [logsnr_min, logsnr_max]; no shift is the plain cosine."""
+  t = np.linspace(0.02, 0.98, 49)
+  wide = CosineSchedule(logsnr_min=-40.0, logsnr_max=40.0, shift=shift)
+  np.testing.assert_allclose(wide.logsnr(t), -2 * np.log(np.tan(np.pi * t / 2)) + shift, atol=1e-5)
+  sch = CosineSchedule(shift=shift)
+  assert sch.logsnr(np.array(0.0)) == pytest.approx(20.0)
+  assert sch.logsnr(np.array(1.0)) == pytest.approx(-20.0)
+  assert np.all(np.diff(sch.logsnr(T)) < 0)
+  np.testing.assert_array_equal(CosineSchedule(shift=0.0).logsnr(T), CosineSchedule().logsnr(T))
+  assert get_schedule("cosine", shift=shift) == sch
+  with pytest.raises(ValueError, match="cosine schedule only"):
+    get_schedule("linear", shift=shift)
+
+
 def test_linear_is_the_continuous_limit_of_ddpm_linear_betas():
   """λ(t) of LinearSchedule vs diffusers' discrete linear table at t = (k+1)/N (independent code).
 

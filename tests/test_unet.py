@@ -169,6 +169,28 @@ def test_conditioning_on_noise_level_and_aug_level(sr_tiny):
     apply(cfg, params, (x, logsnr, text, mask), {"aug_level": extra["aug_level"]})
 
 
+def test_lowres_residual_adds_the_upsampled_input(sr_tiny):
+  """`lowres_residual`: the same network, its output added to the (bilinearly) upsampled low-res
+  image — so a freshly initialised SR stage (zero output conv) starts as that upsampler."""
+  cfg, args, extra, params = sr_tiny
+  residual = dataclasses.replace(cfg, lowres_residual=True)
+  up = jax.image.resize(extra["lowres"], args[0].shape, "linear")
+  np.testing.assert_allclose(apply(residual, params, args, extra) - apply(cfg, params, args, extra),
+                             np.asarray(up), atol=1e-5)
+  zero_out = {**params, "conv_out": jax.tree.map(jnp.zeros_like, params["conv_out"])}  # as init
+  np.testing.assert_allclose(apply(residual, zero_out, args, extra), np.asarray(up), atol=1e-6)
+  with pytest.raises(ValueError, match="lowres_residual needs a super-resolution U-Net"):
+    dataclasses.replace(stage_model("base64", "tiny"), lowres_residual=True)
+  from imagen_jax.train.loop import step_config
+
+  config = load_config(str(CONFIGS / "sr256.py:tiny"))
+  config.model.lowres_residual = True
+  with pytest.raises(ValueError, match="only with diffusion.prediction='x0'"):
+    step_config(config)  # the tiny SR stage predicts ε
+  config.diffusion.prediction = "x0"
+  assert step_config(config).model.lowres_residual
+
+
 @pytest.mark.parametrize("channels", [64, 192, 3])  # 32 groups of 2, of 6; gcd(32, 3) = 1 group
 def test_group_norm_is_the_definition_and_flax_compatible(channels):
   from imagen_jax.models.layers import GroupNorm

@@ -9,12 +9,12 @@ from imagen_jax.diffusion.objectives import (LossConfig, NoiseAugmentation, conv
 from imagen_jax.diffusion.samplers import (SamplerConfig, ddim_step, ddpm_step, dpmpp_2m_step,
                                            jit_sample, predict_x0_eps, sample)
 from imagen_jax.diffusion.schedules import (CosineSchedule, DiscreteSchedule, LinearSchedule,
-                                            alpha_sigma, get_schedule)
+                                            alpha_sigma, get_schedule, stage_schedule)
 
 __all__ = [
     "CosineSchedule", "DiscreteSchedule", "LinearSchedule", "LossConfig", "NoiseAugmentation",
     "SamplerConfig", "Thresholding", "alpha_sigma", "convert_output", "ddim_step", "ddpm_step",
     "diffuse", "diffusion_loss", "dpmpp_2m_step", "dynamic_threshold", "get_schedule",
     "guided_output", "jit_sample", "loss_weight", "predict_x0_eps", "regression_loss", "sample",
-    "static_threshold", "target_from_x0_eps", "x0_eps_from_output",
+    "stage_schedule", "static_threshold", "target_from_x0_eps", "x0_eps_from_output",
 ]

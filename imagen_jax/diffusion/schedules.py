@@ -72,24 +72,30 @@ class CosineSchedule:
   corresponds to logsnr_max = −2·log tan(π/2 · s/(1+s)) (s = 0.008 gives ≈ 8.8), written with both
   ends clipped as in VDM / simple diffusion. The default ±20 covers every noise level an 8-bit image
   distinguishes, and sampling ends at λ = +∞ anyway.
+
+  `shift` is simple diffusion's shifted cosine (Hoogeboom et al. 2023, §3.1): λ(t) + shift, with the
+  ends still at [logsnr_min, logsnr_max]. A negative shift spends more of t — of the training
+  examples and of the sampler's steps — at high noise, where the layout of an image is decided;
+  simple diffusion uses 2·log(64/d) for d-pixel images of natural content.
   """
 
   logsnr_min: float = -20.0
   logsnr_max: float = 20.0
+  shift: float = 0.0
 
   def __post_init__(self):
     if not self.logsnr_min < self.logsnr_max:
       raise ValueError(f"need logsnr_min < logsnr_max, got {self.logsnr_min}, {self.logsnr_max}")
 
   def _ab(self) -> tuple[float, float]:
-    b = math.atan(math.exp(-0.5 * self.logsnr_max))
-    a = math.atan(math.exp(-0.5 * self.logsnr_min)) - b
+    b = math.atan(math.exp(-0.5 * (self.logsnr_max - self.shift)))
+    a = math.atan(math.exp(-0.5 * (self.logsnr_min - self.shift))) - b
     return a, b
 
   def logsnr(self, t: Array) -> Array:
     a, b = self._ab()
     xp = np if isinstance(t, np.ndarray) else jnp
-    return -2.0 * xp.log(xp.tan(a * t + b))
+    return -2.0 * xp.log(xp.tan(a * t + b)) + self.shift
 
   def sampling_logsnrs(self, num_steps: int) -> np.ndarray:
     return np.append(self.logsnr(_time_grid(num_steps)), np.inf)
@@ -206,9 +212,17 @@ def get_schedule(name: str, **kwargs) -> AnySchedule:
   """Schedule by name, as configs spell it: 'cosine', 'linear', or 'ddpm_<beta schedule>'."""
   if name == "cosine":
     return CosineSchedule(**kwargs)
+  if kwargs.get("shift"):
+    raise ValueError(f"a logsnr shift is defined for the cosine schedule only, not {name!r}")
+  kwargs.pop("shift", None)
   if name == "linear":
     return LinearSchedule(**kwargs)
   if name.startswith("ddpm_"):
     return DiscreteSchedule(beta_schedule=name[len("ddpm_"):], **kwargs)
   raise ValueError(f"unknown schedule {name!r}; choose 'cosine', 'linear', 'ddpm_linear' or "
                    "'ddpm_squaredcos_cap_v2'")
+
+
+def stage_schedule(diffusion) -> AnySchedule:
+  """The schedule a stage config's `diffusion` group names (`schedule`, `logsnr_shift`)."""
+  return get_schedule(diffusion.schedule, shift=float(diffusion.get("logsnr_shift", 0.0)))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_jax.data import images as image_ops
-from imagen_jax.diffusion import NoiseAugmentation, diffuse, get_schedule, x0_eps_from_output
+from imagen_jax.diffusion import NoiseAugmentation, diffuse, stage_schedule, x0_eps_from_output
 from imagen_jax.models.unet import UNetDenoiser
 
 DEFAULT_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -86,7 +86,7 @@ def denoising_error(stage, params: Any, batch: StageBatch, *, times: Sequence[fl
     cond["lowres"], cond["aug_level"] = NoiseAugmentation().fixed(
         jnp.asarray(batch.lowres), float(level), jax.random.fold_in(key, 1))
   return one_step_error(UNetDenoiser(stage.unet), params, jnp.asarray(batch.images), cond,
-                        schedule=get_schedule(stage.config.diffusion.schedule),
+                        schedule=stage_schedule(stage.config.diffusion),
                         prediction=stage.config.diffusion.prediction, times=times,
                         key=jax.random.fold_in(key, 0), clip=clip)
 

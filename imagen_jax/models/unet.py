@@ -59,6 +59,7 @@ class UNetConfig:
   cond_dim: int = 512  # width the text is projected to for cross-attention and pooling
   emb_dim: int = 0  # noise-level embedding width; 0 = 4 × width
   lowres_cond: bool = False  # super-resolution stage
+  lowres_residual: bool = False  # SR: the output is added to the upsampled low-res input
   out_channels: int = 3
   dropout: float = 0.0
   norm_groups: int = 32  # GroupNorm groups; a level with fewer channels uses gcd(groups, channels)
@@ -73,6 +74,9 @@ class UNetConfig:
       if len(getattr(self, name)) != n:
         raise ValueError(f"UNetConfig.{name} has {len(getattr(self, name))} entries but there are "
                          f"{n} levels (channel_mults={self.channel_mults})")
+    if self.lowres_residual and not (self.lowres_cond and self.out_channels == 3):
+      raise ValueError("lowres_residual needs a super-resolution U-Net (lowres_cond=True) with "
+                       "3 output channels")
     for level, mult in enumerate(self.channel_mults):
       attn = self.self_attention[level] or self.cross_attention[level]
       if attn and (self.width * mult) % self.head_dim:
@@ -181,10 +185,12 @@ class UNet(nn.Module):
     res_block, attn_block = self._blocks()
     emb, context, context_mask = Conditioning(cfg, name="conditioning")(
         logsnr, text, text_mask, aug_level)
+    upsampled = None
     if cfg.lowres_cond:
       if lowres is None:
         raise ValueError("a super-resolution U-Net needs the low-resolution image")
-      x = jnp.concatenate([x, jax.image.resize(lowres, x.shape, "linear").astype(x.dtype)], -1)
+      upsampled = jax.image.resize(lowres.astype(jnp.float32), x.shape, "linear")
+      x = jnp.concatenate([x, upsampled.astype(x.dtype)], -1)
     elif lowres is not None:
       raise ValueError("this U-Net is not a super-resolution stage (lowres_cond=False), but a "
                        "low-resolution image was given")
@@ -250,7 +256,10 @@ class UNet(nn.Module):
           hid = Upsample(hid.shape[-1], name=f"up_{level}_upsample", **kw)(hid)
     hid = nn.silu(GroupNorm(cfg.norm_groups, name="norm_out", **kw)(hid))
     out = conv(cfg.out_channels, 3, name="conv_out", zero_init=True, **kw)(hid)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    if cfg.lowres_residual:  # x₀ = upsampled input + a learnt correction (zero at init)
+      out = out + upsampled
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

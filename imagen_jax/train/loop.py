@@ -38,8 +38,8 @@ from imagen_jax.diffusion import (
   NoiseAugmentation,
   SamplerConfig,
   Thresholding,
-  get_schedule,
   jit_sample,
+  stage_schedule,
 )
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import EmbeddingCache
@@ -70,8 +70,12 @@ def optimizer_config(train: ml_collections.ConfigDict) -> OptimizerConfig:
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   d = config.diffusion
-  schedule = get_schedule(d.schedule)
+  schedule = stage_schedule(d)
   aug = NoiseAugmentation(max_level=d.aug_max_level) if config.lowres_resolution else None
+  if config.model.get("lowres_residual") and d.prediction != "x0":
+    raise ValueError("model.lowres_residual adds the upsampled low-res image to the U-Net's "
+                     f"output, which is an image only with diffusion.prediction='x0' (it is "
+                     f"{d.prediction!r})")
   return StepConfig(model=UNetConfig.from_dict(config.model.to_dict()), schedule=schedule,
                     loss=LossConfig(prediction=d.prediction, weighting=d.loss_weighting,
                                     min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm),
