@@ -1,0 +1,260 @@
+"""The commands that build a cascade: `data` → `encode` → `train` (and `plan`, whether a stage's
+training fits a TPU slice), plus `demo`, all of them on this machine, and `toy`, the diffusion
+core alone."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from imagen_jax.cli.command import Command, ConfigError, default_config, load_run_config
+
+
+def _config_and_workdir(default: str, config_help: str, workdir: str, workdir_help: str):
+  """An `add_arguments` for commands taking an optional --config and a --workdir."""
+
+  def add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH[:ARG]", default=None,
+                        help=f"{config_help} (default: configs/{default})")
+    parser.add_argument("--workdir", default=workdir, metavar="DIR",
+                        help=f"{workdir_help} (default: %(default)s)")
+
+  return add
+
+
+_add_toy_arguments = _config_and_workdir(
+    "toy2d.py", "config file and optional variant, e.g. configs/toy2d.py:tiny", "toy_out",
+    "where config.json, toy_metrics.json and the plot go")
+_add_demo_arguments = _config_and_workdir(
+    "demo.py", "demo config; configs/demo.py:quick for a smoke run", "demo_out",
+    "data, text cache, checkpoints, grid and metrics; re-running reuses what is there")
+
+
+def _run_toy(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config or default_config("toy2d.py"), overrides)
+  from imagen_jax.toy import run_toy  # JAX is imported only when the command actually runs
+
+  run_toy(config, args.workdir)
+  return 0
+
+
+def _run_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config or default_config("demo.py"), overrides)
+  from imagen_jax.demo import run_demo
+
+  run_demo(config, args.workdir)
+  return 0
+
+
+def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="config with `data` (captions, splits) and `text` groups, e.g. "
+                      "configs/text.py")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="holds text_cache/<split>/ (and text/default_t5/ when no "
+                      "text.encoder is given)")
+
+
+def _run_encode(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  from imagen_jax.text.cache import CacheError
+  from imagen_jax.text.encode import run_encode
+
+  try:
+    run_encode(config, args.workdir)
+  except (CacheError, FileNotFoundError, KeyError, ValueError) as e:
+    raise ConfigError(str(e)) from e
+  return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--dataset", required=True,
+                      choices=("shapes", "fashion_mnist_captions", "emoji_captions",
+                               "captioned_folder"),
+                      help="which TFDS builder to run (see imagen_jax/data/README.md)")
+  parser.add_argument("--data-dir", required=True, metavar="DIR",
+                      help="TFDS data dir; the dataset lands in DIR/<name>/<config>/<version>")
+  parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a builder option, e.g. resolution=64, num_train=10000, "
+                      "folder=/data/photos (repeatable)")
+  parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+
+
+def parse_options(options: Sequence[str]) -> dict[str, object]:
+  """`key=value` strings → dict; values through ast.literal_eval, else kept as strings."""
+  import ast
+
+  parsed = {}
+  for option in options:
+    key, sep, value = option.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"--option {option!r} must look like key=value")
+    try:
+      parsed[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed[key] = value
+  return parsed
+
+
+def _run_data(args: argparse.Namespace, overrides: list[str]) -> int:
+  from imagen_jax.data import build_dataset
+
+  options = parse_options(args.option)
+  try:
+    result = build_dataset(args.dataset, args.data_dir, overwrite=args.overwrite, **options)
+  except (TypeError, ValueError, FileNotFoundError) as e:
+    raise ConfigError(f"{args.dataset}: {e}") from e
+  print(f"{result.name}: {result.directory}")
+  for split, n in sorted(result.splits.items()):
+    print(f"  {split}: {n} examples")
+  skipped = result.metadata.get("skipped")
+  if skipped:
+    print(f"  skipped: {skipped}")
+  print(f"next: imagen-jax encode --config configs/text.py --workdir W "
+        f"--config.data.captions=tfds:{result.directory}")
+  return 0
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="a stage config, e.g. configs/base64.py or configs/sr256.py:tiny")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="holds text_cache/ (from `imagen-jax encode`) and one folder per "
+                      "stage with checkpoints, metrics and samples; resume is automatic")
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() (TPU pods, SLURM: auto-detected)")
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="explicit multi-process set-up: the coordinator address ...")
+  parser.add_argument("--num-processes", type=int, help="... the number of processes ...")
+  parser.add_argument("--process-id", type=int, help="... and this process's id")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+  """jax.distributed.initialize from the flags (before any other JAX call)."""
+  import jax
+
+  if args.coordinator:
+    if args.num_processes is None or args.process_id is None:
+      raise ConfigError("--coordinator needs --num-processes and --process-id")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
+def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  initialize_distributed(args)
+  from imagen_jax.text.cache import CacheError
+  from imagen_jax.train.loop import train
+
+  try:
+    train(config, args.workdir, progress=not args.no_progress)
+  except (CacheError, FileNotFoundError, ValueError) as e:
+    raise ConfigError(str(e)) from e
+  return 0
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
+                      help="a stage config, e.g. configs/base64.py")
+  parser.add_argument("--topology", required=True, metavar="GEN:SHAPE",
+                      help="TPU slice: v5e:16x16, v4:4x4x4, v5p:8x8x8, v6e:16x16, ...")
+  parser.add_argument("--mesh", metavar="AXIS=SIZE,...",
+                      help="mesh over the slice, e.g. data=-1,fsdp=8 (default: the config's "
+                      "mesh section)")
+  parser.add_argument("--no-sampler", action="store_true", help="plan the train step only")
+  parser.add_argument("--sample-batch", type=int, default=None,
+                      help="images per sampler call (default: one per data replica)")
+  parser.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+
+
+def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = load_run_config(args.config, overrides)
+  from imagen_jax.plan import PlanError, format_plan, plan_stage
+
+  try:
+    plan = plan_stage(config, args.topology, args.mesh, sample=not args.no_sampler,
+                      sample_batch=args.sample_batch)
+  except PlanError as e:
+    raise ConfigError(str(e)) from e
+  print(format_plan(plan))
+  if args.json:
+    import json
+
+    Path(args.json).write_text(json.dumps(dataclasses.asdict(plan), indent=2) + "\n")
+  return 0 if plan.fits else 1
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        name="demo",
+        help="the whole cascade end to end on this machine (what `make demo` runs)",
+        description=(
+            "Build the shapes dataset, the embedded tiny T5 and the caption cache; train a tiny "
+            "base stage (text → 32 px) and a tiny super-resolution stage (32 → 64 px); sample a "
+            "grid for fixed prompts; print the evaluation (shapes alignment, SR PSNR/SSIM). "
+            "About 12 minutes on 2 CPU cores; resumable."),
+        add_arguments=_add_demo_arguments,
+        run=_run_demo,
+    ),
+    Command(
+        name="toy",
+        help="the diffusion core on a 2-D toy problem (samplers, guidance; under a minute)",
+        description=(
+            "Train a small class-conditional MLP denoiser on a 2-D mixture with 10% label "
+            "dropout and print class accuracy vs guidance weight for DDPM, DDIM and "
+            "DPM-Solver++, plus an exact-denoiser check of the samplers."),
+        add_arguments=_add_toy_arguments,
+        run=_run_toy,
+    ),
+    Command(
+        name="data",
+        help="build a dataset (TFDS array_record, no TensorFlow) into a data dir",
+        description=(
+            "Build one of the offline datasets: 'shapes' (procedural scenes with compositional "
+            "captions and stored ground truth; any size), 'fashion_mnist_captions' and "
+            "'emoji_captions' (from Debian's dataset-fashion-mnist and libjs-emojify), or "
+            "'captioned_folder' (your images with sidecar .txt captions or a CSV/JSONL "
+            "manifest; unreadable or uncaptioned items are skipped and reported)."),
+        add_arguments=_add_data_arguments,
+        run=_run_data,
+        takes_config=False,
+    ),
+    Command(
+        name="encode",
+        help="encode every caption of a dataset split into the text-embedding cache",
+        description=(
+            "Run the frozen T5 encoder (jit-compiled, fixed-shape batches) over every caption of "
+            "the configured splits and write (embeddings, mask) keyed by example id to "
+            "<workdir>/text_cache/<split>/. Interrupted runs resume; finished caches are not "
+            "recomputed; a cache built with another encoder or max length is refused. Without "
+            "config.text.encoder the embedded tiny T5 is used (built on first use)."),
+        add_arguments=_add_encode_arguments,
+        run=_run_encode,
+    ),
+    Command(
+        name="train",
+        help="train one cascade stage (sharded, checkpointed, resumable)",
+        description=(
+            "Train the stage the config names on its prepared dataset, reading text embeddings "
+            "from <workdir>/text_cache/<split> (run `imagen-jax encode` first). Checkpoints, "
+            "metrics (JSONL + TensorBoard) and sample grids go to <workdir>/<stage>/. An "
+            "interrupted run resumes exactly; SIGTERM saves and exits."),
+        add_arguments=_add_train_arguments,
+        run=_run_train,
+    ),
+    Command(
+        name="plan",
+        help="will a stage's training fit on a TPU slice? (compiled ahead of time, no TPU)",
+        description=(
+            "Compile the stage's real train step and sampler for a TPU slice with libtpu's "
+            "compile-only topology (pip install 'imagen-jax[plan]') and report per-device "
+            "memory (parameters, EMA, optimiser state, batch, XLA's temporaries) against the "
+            "chip's HBM, and FLOPs per step. Exit code 1 when the train step does not fit."),
+        add_arguments=_add_plan_arguments,
+        run=_run_plan,
+    ),
+)
