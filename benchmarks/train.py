@@ -2,6 +2,8 @@
 
     python -m benchmarks.train                       # base64:tiny and sr256:tiny, 1 and 8 devices
     python -m benchmarks.train --stages base64 --devices 1 --batch-size 16 --steps 20
+    python -m benchmarks.train --stages base64 --devices 1 --resolution 32 \
+        --set model.efficient=true --set diffusion.prediction=v      # the demo's base stage
 
 Each case runs in its own process (so the device count and the peak RSS are its own): the train
 state is created sharded on a `data`-only mesh, the jitted, donated train step runs on random
@@ -25,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(stage: str, batch: int, steps: int, resolution: int | None) -> dict:
+def measure(stage: str, batch: int, steps: int, resolution: int | None,
+            overrides: list[str] = ()) -> dict:
   import flax.linen as nn
   import jax
   import numpy as np
@@ -41,6 +44,7 @@ def measure(stage: str, batch: int, steps: int, resolution: int | None) -> dict:
   if resolution:
     apply_overrides(config, [f"resolution={resolution}"] + (
         [f"lowres_resolution={resolution // 4}"] if config.lowres_resolution else []))
+  apply_overrides(config, list(overrides))
   config.train.batch_size = batch
   mesh = shd.make_mesh({"data": -1})
   step_cfg = step_config(config)
@@ -95,10 +99,13 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--resolution", type=int, default=0,
                       help="override the stage resolution (0: base 64, sr 256 as configured)")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="override of the stage config, e.g. model.efficient=true (repeatable)")
   parser.add_argument("--_worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._worker:
-    print(json.dumps(measure(args._worker, args.batch_size, args.steps, args.resolution or None)))
+    print(json.dumps(measure(args._worker, args.batch_size, args.steps, args.resolution or None,
+                             args.set)))
     return
   rows = []
   for stage in args.stages.split(","):
@@ -107,7 +114,7 @@ def main() -> None:
              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
       cmd = [sys.executable, "-m", "benchmarks.train", f"--_worker={stage}",
              f"--batch-size={args.batch_size}", f"--steps={args.steps}",
-             f"--resolution={args.resolution}"]
+             f"--resolution={args.resolution}"] + [f"--set={o}" for o in args.set]
       out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"[{stage} on {devices} devices] done", file=sys.stderr, flush=True)

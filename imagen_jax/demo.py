@@ -24,11 +24,12 @@ import numpy as np
 from imagen_jax.configlib import CONFIGS_DIR, apply_overrides, config_with, load_config
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested dicts as one level of dotted keys ({'a': {'b': 1}} → {'a.b': 1}), as overrides are."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -36,23 +37,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def tiny_stage_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """`configs/<name>.py:tiny` with (nested or dotted) overrides, as the demo trains it."""
-  return config_with(f"{name}.py:tiny", _flatten(overrides))
+  return config_with(f"{name}.py:tiny", flatten(overrides))
 
 
 def _section(title: str) -> None:
   print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Run the demo described in the module docstring; returns (and writes) its metrics."""
-  from imagen_jax.cascade import SamplingOptions, load_cascade
+def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
+  """Steps 1–2: the shapes dataset under `workdir/data` and its caption cache (embedded tiny T5);
+  returns the built dataset (`.directory`, `.splits`). Reused when already there."""
   from imagen_jax.data import build_dataset
-  from imagen_jax.text.encode import run_encode
-  from imagen_jax.train.loop import train
-  from imagen_jax.train.metrics import make_grid
 
-  workdir = Path(workdir)
-  t0 = time.time()
   _section("1/5 dataset: shapes")
   data = build_dataset("shapes", workdir / "data", resolution=config.data.resolution,
                        num_train=config.data.num_train, num_test=config.data.num_test,
@@ -60,11 +56,30 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   print(f"{data.directory}: {data.splits}")
 
   _section("2/5 text: embedded tiny T5, caption cache")
-  text = load_config(str(CONFIGS_DIR / "text.py"))
-  apply_overrides(text, [f"data.captions=tfds:{data.directory}", "data.splits=train,test",
-                         f"text.max_length={config.text_max_length}"])
-  run_encode(text, workdir, progress=config.progress)
+  encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress)
+  return data
 
+
+def encode_dataset(dataset_dir: Path, workdir: Path, max_length: int, progress: bool = True) -> None:
+  """The train and test captions of a prepared dataset into `workdir`'s caption cache, with the
+  embedded tiny T5 (built in `workdir/text` from the train captions on first use)."""
+  from imagen_jax.text.encode import run_encode
+
+  text = load_config(str(CONFIGS_DIR / "text.py"))
+  apply_overrides(text, [f"data.captions=tfds:{dataset_dir}", "data.splits=train,test",
+                         f"text.max_length={max_length}"])
+  run_encode(text, workdir, progress=progress)
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Run the demo described in the module docstring; returns (and writes) its metrics."""
+  from imagen_jax.cascade import SamplingOptions, load_cascade
+  from imagen_jax.train.loop import train
+  from imagen_jax.train.metrics import make_grid
+
+  workdir = Path(workdir)
+  t0 = time.time()
+  data = prepare_inputs(config, workdir)
   common = {"data.dataset": str(data.directory), "text.max_length": config.text_max_length,
             "mesh.num_devices": 1, "data.num_threads": 1}
   _section(f"3/5 train the base stage (text → {config.base.resolution} px)")

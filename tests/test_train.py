@@ -178,38 +178,45 @@ def test_tiny_stage_reduces_its_loss(prepared, tmp_path):
   assert (work / "base64" / "checkpoints" / "60").is_dir()
 
 
-def test_demo_sr_recipe_learns_to_use_its_input(prepared, tmp_path):
-  """The demo's SR recipe (configs/demo.py: its prediction, noise-augmentation range, crops, no
-  self-attention, cosine lr), 60 steps on 64 scenes at 16 → 32 px: the loss and the EMA's one-step
-  x̂₀ error (t = 0.3, 0.5; clean low-res input) fall to under half their initial values."""
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_demo_recipe_learns(prepared, tmp_path, stage):
+  """Each stage of the demo's recipe (configs/demo.py: every model, diffusion and optimiser
+  setting it sets), 60 steps on 64 scenes (base 32 px, SR 16 → 32 px on 16 px crops): the loss
+  falls (base: by 30%, measured ~50%; SR, which starts as an upsampler and so with a small
+  loss: by 15%, measured ~23%), and the EMA's one-step x̂₀ error at mid noise falls below
+  where training started — for the base, the untrained U-Net (whose output starts at exactly 0);
+  for the SR stage, whose x̂₀ starts as its upsampled input (`lowres_residual`), that copy of the
+  clean low-res input."""
   from imagen_jax.cascade import encoder_for, load_stage
+  from imagen_jax.demo import flatten
   from imagen_jax.eval import diagnose
   from imagen_jax.eval.run import read_split
 
   dataset, work = prepared
-  sr = load_config(str(CONFIGS / "demo.py")).sr
-  extra = {"lowres_resolution": 16, "crop_size": 16, "model.self_attention": (False,) * 4,
-           "diffusion.prediction": sr.diffusion.prediction,
-           "diffusion.aug_max_level": sr.diffusion.aug_max_level,
-           "train.lr_schedule": sr.train.lr_schedule, "train.ema_decay": sr.train.ema_decay}
-  assert sr.model.self_attention == (False,) * 4 and sr.crop_size == sr.resolution // 2
+  recipe = flatten(load_config(str(CONFIGS / "demo.py"))[stage].to_dict())
+  recipe.update({"train.num_steps": 60, "train.batch_size": 8, "train.warmup_steps": 5,
+                 "train.log_every": 1, "train.checkpoint_every": 60})
+  if stage == "sr":
+    assert recipe["crop_size"] == recipe["resolution"] // 2 and recipe["model.lowres_residual"]
+    recipe.update({"resolution": 32, "lowres_resolution": 16, "crop_size": 16})
+  name = "base64" if stage == "base" else "sr256"
   own = tmp_path / "work"  # the fixture's caption cache and T5, not its other stages
   own.mkdir()
-  for name in ("text", "text_cache"):
-    (own / name).symlink_to(work / name)
-  work = own
-  summary = train(tiny_config(dataset, 60, stage="sr256", **extra), work, progress=False)
-  losses = [row["loss"] for row in summary["history"]]
-  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
-  stage = load_stage(work / "sr256")
+  for link in ("text", "text_cache"):
+    (own / link).symlink_to(work / link)
+  config = tiny_config(dataset, 60, stage=name, **recipe)
+  losses = [row["loss"] for row in train(config, own, progress=False)["history"]]
+  drop = 0.7 if stage == "base" else 0.85
+  assert np.mean(losses[-10:]) < drop * np.mean(losses[:10]), losses
+  trained_stage = load_stage(own / name)
   captions, real = read_split(str(dataset), "test", 8)
-  batch = diagnose.stage_batch(stage, captions, real, encoder_for(work, stage.config))
-  error = lambda params: diagnose.denoising_error(stage, params, batch, times=(0.3, 0.5),
+  batch = diagnose.stage_batch(trained_stage, captions, real, encoder_for(own, config))
+  error = lambda params: diagnose.denoising_error(trained_stage, params, batch, times=(0.3, 0.5),
                                                   aug_level=0.0)
-  # untrained, the U-Net outputs exactly 0 (its output convolution starts at zero)
-  untrained = error(jax.tree.map(jnp.zeros_like, stage.params))
-  trained = error(stage.params)
-  assert np.all(trained < 0.5 * untrained), (trained, untrained)
+  untrained = error(jax.tree.map(jnp.zeros_like, trained_stage.params))
+  trained = error(trained_stage.params)
+  bound = 0.5 * untrained if stage == "base" else untrained
+  assert np.all(trained < bound), (trained, untrained)
 
 
 @pytest.mark.parametrize("stage, extra", [

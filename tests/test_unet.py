@@ -145,6 +145,24 @@ def test_text_mask_padded_tokens_do_not_matter_real_ones_do(which, base_tiny, sr
   np.testing.assert_allclose(out[0], ref[0], atol=1e-5, rtol=1e-5)
 
 
+def test_text_positions_make_word_order_visible(base_tiny):
+  """Cross-attention and pooling are set operations over tokens: reversing the order of an
+  example's real tokens leaves the U-Net's output unchanged — unless `text_positions` adds where
+  each token stands (what a frozen random text encoder does not reliably encode)."""
+  cfg, (x, logsnr, text, mask), params = base_tiny
+  n = int(mask[0].sum())
+  reordered = text.at[0, :n].set(text[0, :n][::-1])
+  for positions in (False, True):
+    c = dataclasses.replace(cfg, text_positions=positions)
+    ref = apply(c, params, (x, logsnr, text, mask))
+    out = apply(c, params, (x, logsnr, reordered, mask))
+    if positions:
+      assert np.abs(out[0] - ref[0]).max() > 1e-3
+    else:
+      np.testing.assert_allclose(out[0], ref[0], atol=1e-5)
+    np.testing.assert_allclose(out[1], ref[1], atol=1e-5)
+
+
 def test_null_text_is_one_input(base_tiny):
   """An all-False mask is the unconditional input: the embeddings behind it are irrelevant."""
   cfg, (x, logsnr, text, mask), params = base_tiny

@@ -53,7 +53,8 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
                      thresholding: Sequence[str] = ("static", "dynamic"), steps: int = 25,
                      seed: int = 0, fashion_classifier: str | None = None,
                      sr_guidance: float = 1.0, sr_guidance_cascade: float | None = None,
-                     aug_level: float | None = None) -> list[dict[str, Any]]:
+                     aug_level: float | None = None, sampler: str = "dpmpp_2m",
+                     sr_rows: bool = True) -> list[dict[str, Any]]:
   """One row per (guidance, thresholding) of samples for the split's captions; then, for a
   cascade with SR stages, one row per thresholding: the SR chain run on the real low-res images
   (at guidance `sr_guidance`, 1 = unguided) against the real high-res ones.
@@ -62,7 +63,8 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
   stage's (the cascade's output; `shapes_alignment`), the SR rows add PSNR/SSIM and the scorer on
   the SR outputs. The SR stages of the cascade rows are guided by `sr_guidance_cascade` (None: the
   row's weight). Fashion-MNIST: the base stage's classifier accuracy and Fréchet distance.
-  `aug_level` overrides the SR stages' sampling noise-augmentation level."""
+  `aug_level` overrides the SR stages' sampling noise-augmentation level; `sampler` ('ddpm',
+  'ddim', 'dpmpp_2m') and `steps` apply to every stage; `sr_rows=False` skips the SR rows."""
   from imagen_jax.eval.metrics import psnr, ssim
 
   captions, real = read_split(dataset, split, num)
@@ -72,11 +74,12 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
   for weight in guidance:
     for kind in thresholding:
       sr_weight = weight if sr_guidance_cascade is None else sr_guidance_cascade
-      opts = {s.name: SamplingOptions(sr_weight if s.lowres_resolution else weight, "dpmpp_2m",
+      opts = {s.name: SamplingOptions(sr_weight if s.lowres_resolution else weight, sampler,
                                       steps, kind, aug_level=aug_level) for s in cascade.stages}
       run = [base.name] if is_fashion else None
       samples = cascade.sample(captions, seed=seed, options=opts, stages=run)
-      row: dict[str, Any] = {"guidance": weight, "thresholding": kind, "num": len(captions)}
+      row: dict[str, Any] = {"guidance": weight, "thresholding": kind, "sampler": sampler,
+                             "steps": steps, "num": len(captions)}
       if is_fashion:
         from imagen_jax.eval.fashion_classifier import (evaluate_fashion, load_classifier,
                                                         parse_fashion_caption, train_classifier)
@@ -98,12 +101,12 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
           row.update(shapes_alignment(samples[last.name], captions, "final_"))
       rows.append(row)
   sr = [s for s in cascade.stages if s.lowres_resolution]
-  if sr:
+  if sr and sr_rows:
     hi, lo = sr[-1].resolution, sr[0].lowres_resolution
     real_hi, real_lo = image_ops.signed_batch(real, hi), image_ops.signed_batch(real, lo)
     bicubic = image_ops.bicubic_upsample(real_lo, hi)
     for kind in thresholding:  # fidelity to the real image: unguided unless told otherwise
-      opts = {s.name: SamplingOptions(sr_guidance, "dpmpp_2m", steps, kind, aug_level=aug_level)
+      opts = {s.name: SamplingOptions(sr_guidance, sampler, steps, kind, aug_level=aug_level)
               for s in sr}
       up = cascade.sample(captions, seed=seed, lowres=real_lo, options=opts)[sr[-1].name]
       row = {"stage": "sr", "sr_guidance": float(sr_guidance), "thresholding": kind,

@@ -10,7 +10,10 @@ and its noise-augmentation level (B,) in [0, 1]. Output: (B, H, W, 3), the predi
 
 Conditioning (Imagen §2, App. B): the text is LayerNorm-ed and projected; its masked mean (pooled
 embedding) is added to the embedding of the noise level (and of the aug level); the full token
-sequence enters through cross-attention. A learned null token is always present among the keys,
+sequence enters through cross-attention. T5's outputs carry word order in their content, which
+cross-attention (a set operation over tokens) needs for "A to the left of B"; a frozen *random*
+encoder (the embedded tiny T5) mixes it in arbitrarily, so `text_positions` adds fixed sinusoidal
+position features to the projected tokens. A learned null token is always present among the keys,
 so a prompt with an all-False mask — the unconditional branch of classifier-free guidance — is
 well defined (and equal for every such prompt).
 
@@ -57,6 +60,7 @@ class UNetConfig:
   ff_mult: int = 2  # feed-forward after attention (× width); 0 = none
   text_dim: int = 4096  # width of the text encoder (T5-XXL: 4096)
   cond_dim: int = 512  # width the text is projected to for cross-attention and pooling
+  text_positions: bool = False  # add sinusoidal token-position features to the projected text
   emb_dim: int = 0  # noise-level embedding width; 0 = 4 × width
   lowres_cond: bool = False  # super-resolution stage
   lowres_residual: bool = False  # SR: the output is added to the upsampled low-res input
@@ -139,6 +143,9 @@ class Conditioning(nn.Module):
     tokens = layer_norm(kw["param_dtype"], "text_norm")(text.astype(jnp.float32))
     tokens = dense(cfg.cond_dim, ("text_embed", "embed_kv"), name="text_proj", **kw)(
         tokens.astype(kw["dtype"]))
+    if cfg.text_positions:  # word order for the cross-attention (see UNetConfig.text_positions)
+      positions = sinusoidal_embedding(jnp.arange(tokens.shape[1]), cfg.cond_dim)
+      tokens = tokens + positions.astype(tokens.dtype)[None]
     mask = text_mask.astype(bool)
     count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
     pooled = jnp.sum(tokens.astype(jnp.float32) * mask[..., None], axis=1) / count
