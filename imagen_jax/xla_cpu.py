@@ -19,6 +19,10 @@ It only changes XLA:CPU; TPU and GPU programs are unaffected. It is *not* added 
 
 XLA reads `XLA_FLAGS` once, when the first JAX backend starts: import `imagen_jax` before running
 anything in JAX (importing `jax` first is fine) for the default to take effect.
+
+`skip_absent_tpu` (called by the `imagen-jax` command line, not on import) keeps JAX off the TPU
+backend where libtpu is installed but no TPU is attached, so commands start without libtpu's
+initialisation errors.
 """
 
 from __future__ import annotations
@@ -53,3 +57,42 @@ def apply_cpu_defaults(environ=os.environ) -> tuple[str, ...]:
   if added:
     environ["XLA_FLAGS"] = " ".join([environ.get("XLA_FLAGS", "").strip(), *added]).strip()
   return added
+
+
+# --- libtpu installed, no TPU attached -----------------------------------------------------------
+
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "jax_rocm6_plugin")
+
+
+def tpu_absent_platforms(environ: dict[str, str], has_libtpu: bool, tpu_device_nodes: list[str],
+                         has_gpu_plugin: bool) -> str | None:
+  """The `JAX_PLATFORMS` the command line sets when libtpu is installed but no TPU is attached
+  (pure, for tests), else None.
+
+  The `plan` and `test` extras install libtpu (for compile-only TPU topologies); on a machine
+  without a TPU, JAX then tries the TPU backend first and prints libtpu's initialisation errors
+  ("Failed to find host bounds for accelerator type", "could not determine TPU worker
+  hostnames") before it falls back to the CPU. A TPU VM has device nodes (`/dev/accel*` up to
+  v4 and on v5p, `/dev/vfio/<n>` from v5e on); without them the CPU is the only platform, unless
+  a GPU plugin is installed (then nothing is changed). `JAX_PLATFORMS` already set wins.
+  """
+  if "JAX_PLATFORMS" in environ or not has_libtpu or tpu_device_nodes or has_gpu_plugin:
+    return None
+  return "cpu"
+
+
+def skip_absent_tpu(environ=os.environ) -> str | None:
+  """Set `JAX_PLATFORMS=cpu` where `tpu_absent_platforms` says so (before JAX starts)."""
+  import glob
+  from importlib.util import find_spec
+
+  platforms = tpu_absent_platforms(
+      environ, find_spec("libtpu") is not None,
+      glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*"),
+      any(find_spec(p) is not None for p in GPU_PLUGINS))
+  if platforms is not None:
+    environ["JAX_PLATFORMS"] = platforms
+    import sys
+    if "jax" in sys.modules:  # imported but not started: the config is read at backend start
+      sys.modules["jax"].config.update("jax_platforms", platforms)
+  return platforms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -67,3 +69,32 @@ def test_import_sets_the_flag_and_jax_accepts_it(opt_out):
 
   expect = not opt_out and jaxlib.__version__.startswith(xla_cpu.SUPPORTED_JAXLIB)
   assert (FLAG in flags) == expect
+
+
+def test_tpu_absent_platforms():
+  assert xla_cpu.tpu_absent_platforms({}, True, [], False) == "cpu"
+  # a TPU attached, no libtpu, a GPU plugin, or the user's own choice: nothing changes
+  assert xla_cpu.tpu_absent_platforms({}, True, ["/dev/accel0"], False) is None
+  assert xla_cpu.tpu_absent_platforms({}, True, ["/dev/vfio/0"], False) is None
+  assert xla_cpu.tpu_absent_platforms({}, False, [], False) is None
+  assert xla_cpu.tpu_absent_platforms({}, True, [], True) is None
+  assert xla_cpu.tpu_absent_platforms({"JAX_PLATFORMS": "tpu"}, True, [], False) is None
+
+
+LIBTPU_NO_TPU = (importlib.util.find_spec("libtpu") is not None
+                 and not glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*"))
+
+
+@pytest.mark.skipif(not LIBTPU_NO_TPU, reason="needs libtpu installed on a machine without a TPU")
+@pytest.mark.parametrize("skip", [False, True])
+def test_libtpu_without_a_tpu_starts_quietly_on_the_cpu(skip):
+  """What `imagen-jax` does before a command: with libtpu installed and no TPU, JAX starts on the
+  CPU without libtpu's initialisation errors; without the call (the control) they are printed."""
+  code = ("import jax, imagen_jax.xla_cpu as x\n"
+          + ("x.skip_absent_tpu()\n" if skip else "")
+          + "print(jax.devices()[0].platform)")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True)
+  assert out.stdout.strip() == "cpu"
+  assert ("TPU" in out.stderr) != skip, out.stderr

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from imagen_jax.cli import cascade, pipeline
 from imagen_jax.cli.command import OVERRIDES_HELP, PROG, Command, ConfigError
 from imagen_jax.configlib import parse_config_args
+from imagen_jax.xla_cpu import skip_absent_tpu
 
 COMMANDS: tuple[Command, ...] = pipeline.COMMANDS + cascade.COMMANDS
 
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)
       return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     command: Command = args._command
+    skip_absent_tpu()  # libtpu (test/plan extras) without a TPU: no libtpu errors on the CPU
     if overrides and not command.takes_config:
       raise ConfigError(f"'{command.name}' takes no --config.* overrides (got {overrides})")
     return command.run(args, overrides)
