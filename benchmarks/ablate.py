@@ -60,10 +60,9 @@ def run(kind: str, root: Path, name: str, overrides: list[str], demo_overrides: 
   config, dataset = prepare(root, demo_overrides)
   run_dir = root / name
   link_shared(root, run_dir)
-  common = {"data.dataset": str(dataset), "text.max_length": config.text_max_length,
-            "mesh.num_devices": 1, "data.num_threads": 1}
   recipe = config.base if kind == "base" else config.sr
-  stage = tiny_stage_config(STAGES[kind], {**common, **recipe.to_dict()})
+  stage = tiny_stage_config(STAGES[kind], recipe.to_dict(), dataset=dataset,
+                            max_length=config.text_max_length)
   apply_overrides(stage, overrides)
   start = time.time()
   train(stage, run_dir, progress=False)

@@ -56,9 +56,8 @@ def train_stage(name: str, recipe: dict, dataset: Path, workdir: Path, overrides
   from imagen_jax.demo import tiny_stage_config
   from imagen_jax.train.loop import train
 
-  common = {"data.dataset": str(dataset), "text.max_length": MAX_LENGTH, "mesh.num_devices": 1,
-            "data.num_threads": 1}
-  config = tiny_stage_config(name, {**common, **recipe, **overrides})
+  config = tiny_stage_config(name, {**recipe, **overrides}, dataset=dataset,
+                             max_length=MAX_LENGTH)
   summary = train(config, workdir, progress=progress)
   if summary["stopped"]:
     raise SystemExit("interrupted (SIGTERM); re-run to resume")

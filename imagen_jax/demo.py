@@ -35,9 +35,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def tiny_stage_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """`configs/<name>.py:tiny` with (nested or dotted) overrides, as the demo trains it."""
-  return config_with(f"{name}.py:tiny", flatten(overrides))
+def tiny_stage_config(name: str, overrides: dict[str, Any], *, dataset: str | Path,
+                      max_length: int) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:tiny` as the demo trains it on this machine — on `dataset`, captions
+  cached at `max_length` tokens, one device, one input thread — with (nested or dotted)
+  overrides on top (the demo's recipe for the stage, an ablation's changes)."""
+  machine = {"data.dataset": str(dataset), "text.max_length": max_length,
+             "mesh.num_devices": 1, "data.num_threads": 1}
+  return config_with(f"{name}.py:tiny", {**machine, **flatten(overrides)})
 
 
 def _section(title: str) -> None:
@@ -80,14 +85,13 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   workdir = Path(workdir)
   t0 = time.time()
   data = prepare_inputs(config, workdir)
-  common = {"data.dataset": str(data.directory), "text.max_length": config.text_max_length,
-            "mesh.num_devices": 1, "data.num_threads": 1}
+  machine = {"dataset": data.directory, "max_length": config.text_max_length}
   _section(f"3/5 train the base stage (text → {config.base.resolution} px)")
-  base = tiny_stage_config("base64", {**common, **config.base.to_dict()})
+  base = tiny_stage_config("base64", config.base.to_dict(), **machine)
   if train(base, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
   _section(f"3/5 train the super-resolution stage ({config.sr.lowres_resolution} → {config.sr.resolution} px)")
-  sr = tiny_stage_config("sr256", {**common, **config.sr.to_dict()})
+  sr = tiny_stage_config("sr256", config.sr.to_dict(), **machine)
   if train(sr, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during SR training; re-run to resume")
 

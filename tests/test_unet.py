@@ -148,7 +148,7 @@ def test_text_mask_padded_tokens_do_not_matter_real_ones_do(which, base_tiny, sr
 def test_text_positions_make_word_order_visible(base_tiny):
   """Cross-attention and pooling are set operations over tokens: reversing the order of an
   example's real tokens leaves the U-Net's output unchanged — unless `text_positions` adds where
-  each token stands (what a frozen random text encoder does not reliably encode)."""
+  each token stands; the other example of the batch is untouched either way."""
   cfg, (x, logsnr, text, mask), params = base_tiny
   n = int(mask[0].sum())
   reordered = text.at[0, :n].set(text[0, :n][::-1])

@@ -10,10 +10,12 @@ and its noise-augmentation level (B,) in [0, 1]. Output: (B, H, W, 3), the predi
 
 Conditioning (Imagen §2, App. B): the text is LayerNorm-ed and projected; its masked mean (pooled
 embedding) is added to the embedding of the noise level (and of the aug level); the full token
-sequence enters through cross-attention. T5's outputs carry word order in their content, which
-cross-attention (a set operation over tokens) needs for "A to the left of B"; a frozen *random*
-encoder (the embedded tiny T5) mixes it in arbitrarily, so `text_positions` adds fixed sinusoidal
-position features to the projected tokens. A learned null token is always present among the keys,
+sequence enters through cross-attention. Cross-attention and pooling are set operations over the
+tokens: word order ("A to the left of B") reaches the U-Net only through what the encoder mixed
+into each token (the embedded tiny T5 does: a word's embedding moves with its place, cosine
+0.85–0.95 between positions). `text_positions` adds fixed sinusoidal position features to the
+projected tokens as well — an option measured not to help the demo (benchmarks/RESULTS.md,
+issue 17 §6), so off by default. A learned null token is always present among the keys,
 so a prompt with an all-False mask — the unconditional branch of classifier-free guidance — is
 well defined (and equal for every such prompt).
 
