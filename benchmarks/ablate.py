@@ -54,14 +54,14 @@ def link_shared(root: Path, run_dir: Path) -> None:
 def run(kind: str, root: Path, name: str, overrides: list[str], demo_overrides: list[str],
         num: int, curve: bool = False) -> dict:
   from imagen_jax.configlib import apply_overrides
-  from imagen_jax.demo import tiny_stage_config
+  from imagen_jax.demo import demo_stage_config
   from imagen_jax.train.loop import train
 
   config, dataset = prepare(root, demo_overrides)
   run_dir = root / name
   link_shared(root, run_dir)
   recipe = config.base if kind == "base" else config.sr
-  stage = tiny_stage_config(STAGES[kind], recipe.to_dict(), dataset=dataset,
+  stage = demo_stage_config(STAGES[kind], recipe.to_dict(), dataset=dataset,
                             max_length=config.text_max_length)
   apply_overrides(stage, overrides)
   start = time.time()

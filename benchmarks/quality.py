@@ -53,10 +53,10 @@ def demo_config(overrides: list[str]):
 def train_stage(name: str, recipe: dict, dataset: Path, workdir: Path, overrides: dict,
                 progress: bool) -> dict:
   """One stage with the demo's recipe for it plus `overrides`; returns `train`'s summary."""
-  from imagen_jax.demo import tiny_stage_config
+  from imagen_jax.demo import demo_stage_config
   from imagen_jax.train.loop import train
 
-  config = tiny_stage_config(name, {**recipe, **overrides}, dataset=dataset,
+  config = demo_stage_config(name, {**recipe, **overrides}, dataset=dataset,
                              max_length=MAX_LENGTH)
   summary = train(config, workdir, progress=progress)
   if summary["stopped"]:

@@ -35,14 +35,20 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def tiny_stage_config(name: str, overrides: dict[str, Any], *, dataset: str | Path,
+def tiny_stage_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`configs/<name>.py:tiny` with (nested or dotted) overrides on top (the Colab notebook's
+  stages, which set their own mesh and dataset)."""
+  return config_with(f"{name}.py:tiny", flatten(overrides))
+
+
+def demo_stage_config(name: str, overrides: dict[str, Any], *, dataset: str | Path,
                       max_length: int) -> ml_collections.ConfigDict:
-  """`configs/<name>.py:tiny` as the demo trains it on this machine — on `dataset`, captions
-  cached at `max_length` tokens, one device, one input thread — with (nested or dotted)
-  overrides on top (the demo's recipe for the stage, an ablation's changes)."""
+  """`tiny_stage_config` as the demo trains it on this machine — on `dataset`, captions cached at
+  `max_length` tokens, one device, one input thread — with `overrides` (the demo's recipe for the
+  stage, an ablation's changes) on top."""
   machine = {"data.dataset": str(dataset), "text.max_length": max_length,
              "mesh.num_devices": 1, "data.num_threads": 1}
-  return config_with(f"{name}.py:tiny", {**machine, **flatten(overrides)})
+  return tiny_stage_config(name, {**machine, **flatten(overrides)})
 
 
 def _section(title: str) -> None:
@@ -87,11 +93,11 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   data = prepare_inputs(config, workdir)
   machine = {"dataset": data.directory, "max_length": config.text_max_length}
   _section(f"3/5 train the base stage (text → {config.base.resolution} px)")
-  base = tiny_stage_config("base64", config.base.to_dict(), **machine)
+  base = demo_stage_config("base64", config.base.to_dict(), **machine)
   if train(base, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
   _section(f"3/5 train the super-resolution stage ({config.sr.lowres_resolution} → {config.sr.resolution} px)")
-  sr = tiny_stage_config("sr256", config.sr.to_dict(), **machine)
+  sr = demo_stage_config("sr256", config.sr.to_dict(), **machine)
   if train(sr, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during SR training; re-run to resume")
 

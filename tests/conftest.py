@@ -45,7 +45,29 @@ def pytest_unconfigure(config):
 # Module fixtures that take minutes to build: every test using one runs on the same xdist worker
 # (`--dist loadgroup`, see the Makefile), so the fixture is built once, not once per worker.
 _SHARED_FIXTURES = {"demo_workdir": "cascade-demo", "base_tiny": "unet-tiny",
-                    "sr_tiny": "unet-tiny", "toy_run": "toy-run"}
+                    "sr_tiny": "unet-tiny", "toy_run": "toy-run",
+                    "small_state_and_step": "train-small", "plan_8": "plan-8"}
+
+# Tests (node-id prefixes) that take a minute or more of a worker: handed out first, so the two
+# workers do not end the run with one of them alone on a long test (longest first; measured
+# with `make test PYTEST_ARGS=--durations=40`).
+_SLOW_FIRST = (
+    "tests/test_cascade.py",  # the quick demo fixture, then everything that samples from it
+    "tests/test_train.py::test_sigkill_then_resume",
+    "tests/test_colab.py::test_notebook_runs_top_to_bottom",
+    "tests/test_train.py::test_demo_recipe_learns",
+    "tests/test_train.py::test_two_processes_match_one",
+    "tests/test_train.py::test_sharded_step_matches_one_device",
+    "tests/test_plan.py::test_tpu_plan",
+    "tests/test_train.py::test_sr1024_stage_trains",
+)
+
+
+def _slowness(item) -> int:
+  for rank, prefix in enumerate(_SLOW_FIRST):
+    if item.nodeid.startswith(prefix):
+      return rank
+  return len(_SLOW_FIRST)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -55,3 +77,4 @@ def pytest_collection_modifyitems(config, items):
     if groups:
       (group,) = groups  # a test that needs two shared fixtures would need one group for both
       item.add_marker(pytest.mark.xdist_group(group))
+  items.sort(key=_slowness)  # stable: the rest keep their order

@@ -25,9 +25,14 @@ def micro_config(*extra):
   return apply_overrides(load_config("configs/base64.py:tiny"), MICRO + list(extra))
 
 
-def test_cpu_plan_accounts_state_exactly():
-  config = micro_config()
-  plan = plan_stage(config, "cpu:8", "data=2,fsdp=4", devices=jax.devices()[:8])
+@pytest.fixture(scope="module")
+def plan_8():
+  """The micro stage planned on 8 CPU devices, data=2 × fsdp=4, with its sampler."""
+  return plan_stage(micro_config(), "cpu:8", "data=2,fsdp=4", devices=jax.devices()[:8])
+
+
+def test_cpu_plan_accounts_state_exactly(plan_8):
+  plan = plan_8
   assert plan.mesh == {"data": 2, "fsdp": 4, "tensor": 1}
   assert plan.num_params > 10_000
   total = 4 * plan.num_params  # float32
@@ -46,12 +51,11 @@ def test_cpu_plan_accounts_state_exactly():
   assert plan.train.peak > plan.train.arguments
 
 
-def test_cpu_plan_flops_split_over_devices():
-  """Data parallelism splits the step's FLOPs: 8 replicas each do about 1/8 of one device's."""
-  config = micro_config()
-  one = plan_stage(config, "cpu:1", "data=1", devices=jax.devices()[:1], sample=False)
-  eight = plan_stage(config, "cpu:8", "data=8", devices=jax.devices()[:8], sample=False)
-  assert eight.train.flops == pytest.approx(one.train.flops / 8, rel=0.05)
+def test_cpu_plan_flops_split_over_devices(plan_8):
+  """Data parallelism (data × fsdp) splits the step's FLOPs: each of 8 devices does about 1/8 of
+  what one device does alone."""
+  one = plan_stage(micro_config(), "cpu:1", "data=1", devices=jax.devices()[:1], sample=False)
+  assert plan_8.train.flops == pytest.approx(one.train.flops / 8, rel=0.05)
 
 
 def test_bad_input_is_named():

@@ -68,8 +68,8 @@ SMALL = UNetConfig(width=16, channel_mults=(1, 2), num_res_blocks=(1, 1),
 
 
 def test_sharded_step_matches_one_device():
-  """data × fsdp and data × tensor meshes on 8 devices give the one-device loss and parameters
-  (tolerance 1e-5: only the order of floating-point reductions differs)."""
+  """A data × fsdp × tensor mesh (2 × 2 × 2) on 8 devices gives the one-device loss and
+  parameters (tolerance 1e-5: only the order of floating-point reductions differs)."""
   cfg = SMALL
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
@@ -83,8 +83,7 @@ def test_sharded_step_matches_one_device():
                          optimizer, learning_rate(opt_cfg))
   results = {}
   for name, axes, devices in [("one", {"data": 1}, jax.devices()[:1]),
-                              ("data_fsdp", {"data": 4, "fsdp": 2}, None),
-                              ("data_tensor", {"data": 4, "tensor": 2}, None)]:
+                              ("sharded", {"data": 2, "fsdp": 2, "tensor": 2}, None)]:
     mesh = shd.make_mesh(axes, devices)
     state, shardings = create_sharded_state(lambda k: UNet(cfg).init(k, *example)["params"],
                                             optimizer, 0, mesh, shd.DEFAULT_RULES)
@@ -96,12 +95,14 @@ def test_sharded_step_matches_one_device():
       for _ in range(2):
         state, metrics = fn(state, jax.device_put(batch, batch_sh))
         losses.append(float(metrics["loss"]))
-    if name == "data_tensor":  # parameters really are split across devices
+    if name == "sharded":  # parameters really are split over both model axes
       kernel = state.params["down_1_attn_0"]["attention"]["query"]["kernel"]
-      assert kernel.sharding.spec[1] == "tensor" and len(kernel.sharding.device_set) == 8
+      assert kernel.sharding.spec[0] == "fsdp" and kernel.sharding.spec[1] == "tensor", kernel.sharding
+      assert len(kernel.sharding.device_set) == 8
+      assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
     results[name] = (losses, jax.device_get(state.params), jax.device_get(state.ema_params))
   ref_losses, ref_params, ref_ema = results["one"]
-  for name in ("data_fsdp", "data_tensor"):
+  for name in ("sharded",):
     losses, params, ema = results[name]
     np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params) + jax.tree.leaves(ema),
@@ -109,22 +110,25 @@ def test_sharded_step_matches_one_device():
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def small_state_and_step(lr: float, **step_kw):
-  """The SMALL U-Net's fresh train state on one device and its jitted train step."""
+@pytest.fixture(scope="module")
+def small_state_and_step():
+  """The SMALL U-Net's fresh train state on one device and its jitted train step (lr 1e-2, EMA
+  decay 0.99), compiled once for the tests below; the state is donated nowhere, so each test
+  can start from it."""
   example = (jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), jnp.zeros((1, 4, 64)),
              jnp.ones((1, 4), bool))
-  opt_cfg = OptimizerConfig(lr=lr, warmup_steps=0)
+  opt_cfg = OptimizerConfig(lr=1e-2, warmup_steps=0)
   optimizer = make_optimizer(opt_cfg)
   mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
   state, _ = create_sharded_state(lambda k: UNet(SMALL).init(k, *example)["params"], optimizer,
                                   0, mesh, shd.DEFAULT_RULES)
-  step = jax.jit(make_train_step(StepConfig(SMALL, CosineSchedule(), LossConfig(), **step_kw),
+  step = jax.jit(make_train_step(StepConfig(SMALL, CosineSchedule(), LossConfig(), ema_decay=0.99),
                                  optimizer, learning_rate(opt_cfg)))
   return state, step
 
 
-def test_nonfinite_update_is_skipped_and_counted():
-  state, step = small_state_and_step(1e-3)
+def test_nonfinite_update_is_skipped_and_counted(small_state_and_step):
+  state, step = small_state_and_step
   bad = {"image": jnp.full((2, 16, 16, 3), jnp.nan), "text_embeddings": jnp.zeros((2, 4, 64)),
          "text_mask": jnp.ones((2, 4), bool)}
   kept = lambda s: jax.device_get((s.params, s.opt_state, s.ema_params))
@@ -145,7 +149,7 @@ def test_nonfinite_update_is_skipped_and_counted():
   assert any(changed)  # a finite step updates
 
 
-def test_ema_warmup_forgets_the_initial_weights():
+def test_ema_warmup_forgets_the_initial_weights(small_state_and_step):
   """Update t uses decay min(d, (1+t)/(10+t)): after the first update the EMA is 0.1·init +
   0.9·params (a plain EMA would keep 0.99 of the random init), and the decay reaches d later."""
   from imagen_jax.train.step import ema_decay_at
@@ -153,7 +157,7 @@ def test_ema_warmup_forgets_the_initial_weights():
   np.testing.assert_allclose([float(ema_decay_at(t, 0.99)) for t in (0, 10, 100, 10_000)],
                              [0.1, 11 / 20, 101 / 110, 0.99], rtol=1e-6)
   assert float(ema_decay_at(0, 0.99, warmup=False)) == np.float32(0.99)
-  state, step = small_state_and_step(1e-2, ema_decay=0.99)
+  state, step = small_state_and_step
   init = jax.device_get(state.params)
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
@@ -165,17 +169,6 @@ def test_ema_warmup_forgets_the_initial_weights():
     np.testing.assert_allclose(e, 0.1 * i + 0.9 * p, rtol=1e-5, atol=1e-7)
     moved += not np.allclose(p, i)
   assert moved  # the update changed the parameters, so the check above tells the decays apart
-
-
-def test_tiny_stage_reduces_its_loss(prepared, tmp_path):
-  """60 steps of the tiny base stage on 64 shapes scenes: the mean loss of the last 10 steps is
-  under half that of the first 10 (measured: ≈ 0.98 → ≈ 0.2)."""
-  dataset, work = prepared
-  summary = train(tiny_config(dataset, 60), work, progress=False)
-  losses = [row["loss"] for row in summary["history"]]
-  assert len(losses) == 60 and all(np.isfinite(losses))
-  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
-  assert (work / "base64" / "checkpoints" / "60").is_dir()
 
 
 @pytest.mark.parametrize("stage", ["base", "sr"])
@@ -206,6 +199,8 @@ def test_demo_recipe_learns(prepared, tmp_path, stage):
     (own / link).symlink_to(work / link)
   config = tiny_config(dataset, 60, stage=name, **recipe)
   losses = [row["loss"] for row in train(config, own, progress=False)["history"]]
+  assert len(losses) == 60 and all(np.isfinite(losses))
+  assert (own / name / "checkpoints" / "60").is_dir()
   drop = 0.7 if stage == "base" else 0.85
   assert np.mean(losses[-10:]) < drop * np.mean(losses[:10]), losses
   trained_stage = load_stage(own / name)
@@ -219,15 +214,15 @@ def test_demo_recipe_learns(prepared, tmp_path, stage):
   assert np.all(trained < bound), (trained, untrained)
 
 
-@pytest.mark.parametrize("stage, extra", [
-    ("sr256", {"lowres_resolution": 8}),
-    ("sr1024", {"resolution": 64, "lowres_resolution": 16, "crop_size": 32}),
-])
-def test_super_resolution_stages_train(prepared, tmp_path, stage, extra):
+def test_sr1024_stage_trains(prepared):
+  """The 1024 px stage's layout (no self-attention, linear schedule) trains on random crops at a
+  4× factor (32 px scenes from 8 px, on 16 px crops). The sr256 layout trains in
+  test_demo_recipe_learns[sr]."""
   dataset, work = prepared
-  config = tiny_config(dataset, 3, stage=stage, **extra)
+  config = tiny_config(dataset, 2, stage="sr1024", resolution=32, lowres_resolution=8,
+                       crop_size=16)
   summary = train(config, work, progress=False)
-  assert summary["step"] == 3 and all(np.isfinite(r["loss"]) for r in summary["history"])
+  assert summary["step"] == 2 and all(np.isfinite(r["loss"]) for r in summary["history"])
 
 
 def _cli(args, env_devices=1, **popen):
@@ -240,9 +235,16 @@ def _cli(args, env_devices=1, **popen):
                           text=True, **popen)
 
 
+# The process tests below are about the loop (resume, signals, hosts), not the model: they train
+# a 0.2M-parameter U-Net (SMALL's layout) at 16 px, which compiles and steps several times faster.
+MICRO = {"resolution": 16, "model.width": 16, "model.channel_mults": "(1,2)",
+         "model.num_res_blocks": "(1,1)", "model.self_attention": "(False,True)",
+         "model.cross_attention": "(False,True)", "model.head_dim": 16, "model.cond_dim": 32}
+
+
 def _train_args(dataset, work, steps, **extra):
   return ["--config", str(CONFIGS / "base64.py:tiny"), "--workdir", str(work)] + [
-      f"--config.{o}" for o in stage_overrides(dataset, steps, **extra)]
+      f"--config.{o}" for o in stage_overrides(dataset, steps, **{**MICRO, **extra})]
 
 
 def _wait_for_step(stage_dir, step, proc, timeout=240):
@@ -264,24 +266,25 @@ def test_sigkill_then_resume_reproduces_an_uninterrupted_run(prepared, tmp_path)
   for d in ("a", "b"):
     (tmp_path / d).mkdir()
     (tmp_path / d / "text_cache").symlink_to(work / "text_cache")
-  reference = _cli(_train_args(dataset, tmp_path / "a", 24))
+  args = lambda d: _train_args(dataset, tmp_path / d, 20, **{"train.checkpoint_every": 4})
+  reference = _cli(args("a"))
   # Started once the reference has compiled: the two then share the run's compilation cache.
   _wait_for_step(tmp_path / "a" / "base64", 1, reference)
-  interrupted = _cli(_train_args(dataset, tmp_path / "b", 24))
-  _wait_for_step(tmp_path / "b" / "base64", 13, interrupted)
+  interrupted = _cli(args("b"))
+  _wait_for_step(tmp_path / "b" / "base64", 9, interrupted)
   interrupted.send_signal(signal.SIGKILL)
   interrupted.wait()
   assert reference.wait(timeout=600) == 0, reference.stdout.read()
-  resumed = _cli(_train_args(dataset, tmp_path / "b", 24))
+  resumed = _cli(args("b"))
   out = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, out
   resumed_at = int(re.search(r"resumed from step (\d+)", out).group(1))
   # the last checkpoint that had finished writing (saves are asynchronous) when it was killed
-  assert 5 <= resumed_at < 24 and resumed_at % 5 == 0, out
+  assert 4 <= resumed_at < 20 and resumed_at % 4 == 0, out
   ref = losses_by_step(tmp_path / "a" / "base64")
   got = losses_by_step(tmp_path / "b" / "base64")
-  assert sorted(ref) == sorted(got) == list(range(1, 25))
-  assert [got[s] for s in range(1, 25)] == [ref[s] for s in range(1, 25)]
+  assert sorted(ref) == sorted(got) == list(range(1, 21))
+  assert [got[s] for s in range(1, 21)] == [ref[s] for s in range(1, 21)]
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(prepared, tmp_path):
