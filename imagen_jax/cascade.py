@@ -29,10 +29,13 @@ import numpy as np
 from imagen_jax import sharding as shd
 from imagen_jax.diffusion import (
   NoiseAugmentation,
+  RePaint,
   SamplerConfig,
   Thresholding,
+  jit_repair_sample,
   jit_sample,
   stage_schedule,
+  start_index,
 )
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
@@ -188,20 +191,8 @@ class Cascade:
     previous = None if lowres is None else jnp.asarray(lowres, jnp.float32)
     for i, stage in enumerate(run):
       opts = options.get(stage.name, SamplingOptions())
-      stage_cond = dict(cond)
       key = jax.random.fold_in(jax.random.key(seed), i)
-      if stage.lowres_resolution:
-        if previous is None:
-          raise CascadeError(f"{stage.name} needs a low-resolution input")
-        want = (n, stage.lowres_resolution, stage.lowres_resolution, 3)
-        if previous.shape != want:
-          raise CascadeError(f"{stage.name} expects low-res inputs of shape {want}, got "
-                             f"{tuple(previous.shape)}")
-        level = stage.config.diffusion.aug_sample_level if opts.aug_level is None else \
-            opts.aug_level
-        aug = NoiseAugmentation()
-        stage_cond["lowres"], stage_cond["aug_level"] = aug.fixed(
-            previous, float(level), jax.random.fold_in(key, 1))
+      stage_cond = self._stage_cond(stage, cond, previous, opts, key)
       size = stage.resolution
       images = jit_sample(UNetDenoiser(stage.unet), stage.params, (n, size, size, 3), key,
                           stage_cond, schedule=stage_schedule(stage.config.diffusion),
@@ -212,6 +203,100 @@ class Cascade:
       previous = jnp.clip(images, -1.0, 1.0)
       out[stage.name] = np.asarray(previous)
     return out
+
+  def repair(self, prompts: Sequence[str], image: np.ndarray, *, mask: np.ndarray | None = None,
+             strength: float = 1.0, repaint: RePaint | None = None, seed: int = 0,
+             options: dict[str, SamplingOptions] | None = None,
+             stages: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Inpaint (`mask` given) or re-render (image-to-image) `image` through the cascade.
+
+    image: (n, H, W, 3) float32 in [−1, 1], square, any size; mask: (n, H, W) or (n, H, W, 1),
+    1 (or > 0.5) where the prompt fills in, 0 where the image is kept. Every stage repairs at its
+    own resolution with the image and mask resized to it (area-averaged; the mask thresholded at
+    0.5), so the known pixels are kept at every stage, and each SR stage is conditioned on the
+    previous stage's repaired output — diffusers' IF inpainting / img2img super-resolution
+    pipelines do the same. `strength` ∈ (0, 1] sets every stage's start step
+    (`diffusion.start_index`); `repaint` resamples (stages sampled with 'ddpm' or 'ddim').
+    Returns every stage's images, float32 NHWC in [−1, 1], keyed by stage name.
+    """
+    options = options or {}
+    image = np.asarray(image, np.float32)
+    if image.ndim != 4 or image.shape[-1] != 3 or image.shape[1] != image.shape[2]:
+      raise CascadeError(f"image must be a batch of square RGB images (n, H, H, 3), got shape "
+                         f"{image.shape}")
+    if mask is not None:
+      mask = np.asarray(mask, np.float32)
+      mask = mask[..., None] if mask.ndim == 3 else mask
+      if mask.shape != image.shape[:3] + (1,):
+        raise CascadeError(f"mask of shape {mask.shape[:3]} does not match the image's "
+                           f"{image.shape[:3]}: give one mask per image, of the image's size")
+    try:
+      start_index(1, strength)  # validates strength
+    except (TypeError, ValueError) as e:
+      raise CascadeError(str(e)) from e
+    if repaint is not None and (mask is None or strength != 1.0):
+      raise CascadeError("RePaint resamples an inpainting run from pure noise: give a mask and "
+                         "leave strength at 1")
+    cond = self.encode(prompts)
+    n = cond["text"].shape[0]
+    if image.shape[0] != n:
+      raise CascadeError(f"{image.shape[0]} images for {n} prompts: give one prompt per image")
+    run = [s for s in self.stages if stages is None or s.name in stages]
+    out: dict[str, np.ndarray] = {}
+    previous = None
+    for i, stage in enumerate(run):
+      opts = options.get(stage.name, SamplingOptions())
+      if repaint is not None and opts.sampler == "dpmpp_2m":
+        raise CascadeError(f"RePaint needs an ancestral sampler for {stage.name}: use 'ddpm' "
+                           "(or 'ddim')")
+      key = jax.random.fold_in(jax.random.key(seed), i)
+      if previous is None and stage.lowres_resolution:  # SR stages alone: the image is the input
+        previous = jnp.asarray(resize_images(image, stage.lowres_resolution))
+      stage_cond = self._stage_cond(stage, cond, previous, opts, key)
+      size = stage.resolution
+      target = resize_images(image, size)
+      keep = None if mask is None else (resize_images(mask, size) <= 0.5).astype(np.float32)
+      kwargs = {} if repaint is not None else {
+          "start": jnp.int32(start_index(opts.num_steps, strength))}
+      images = jit_repair_sample(UNetDenoiser(stage.unet), stage.params, target, key,
+                                 stage_cond, keep=keep, repaint=repaint,
+                                 schedule=stage_schedule(stage.config.diffusion),
+                                 config=opts.sampler_config(),
+                                 prediction=stage.config.diffusion.prediction,
+                                 null_cond=null_text(stage_cond),
+                                 guidance_weight=jnp.float32(opts.guidance_weight), **kwargs)
+      previous = jnp.clip(images, -1.0, 1.0)
+      out[stage.name] = np.asarray(previous)
+    return out
+
+  def _stage_cond(self, stage: Stage, cond: dict, previous: jax.Array | None,
+                  opts: SamplingOptions, key: jax.Array) -> dict:
+    """The stage's conditioning: the text, and for an SR stage the previous stage's images,
+    noise-augmented at the sampling level."""
+    stage_cond = dict(cond)
+    if stage.lowres_resolution:
+      if previous is None:
+        raise CascadeError(f"{stage.name} needs a low-resolution input")
+      n = cond["text"].shape[0]
+      want = (n, stage.lowres_resolution, stage.lowres_resolution, 3)
+      if previous.shape != want:
+        raise CascadeError(f"{stage.name} expects low-res inputs of shape {want}, got "
+                           f"{tuple(previous.shape)}")
+      level = stage.config.diffusion.aug_sample_level if opts.aug_level is None else \
+          opts.aug_level
+      stage_cond["lowres"], stage_cond["aug_level"] = NoiseAugmentation().fixed(
+          previous, float(level), jax.random.fold_in(key, 1))
+    return stage_cond
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """NHWC float images (or masks) to size × size: area-averaging (antialiased) when shrinking,
+  bilinear when enlarging."""
+  images = np.asarray(images, np.float32)
+  if images.shape[1:3] == (size, size):
+    return images
+  shape = (images.shape[0], size, size, images.shape[3])
+  return np.asarray(jax.image.resize(jnp.asarray(images), shape, "linear", antialias=True))
 
 
 def stage_dirs(workdir: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """The commands that use a trained cascade (a workdir with one folder per stage): `sample`
-(text → images), `upscale` (your image through the SR stages) and `eval` (scores on a dataset
-split). They share the sampling flags and write images the same way."""
+(text → images), `upscale` (your image through the SR stages), `inpaint` and `img2img` (your image
+repaired from a prompt through every stage) and `eval` (scores on a dataset split). They share the
+sampling flags and write images the same way."""
 
 from __future__ import annotations
 
@@ -114,6 +115,117 @@ def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def _add_repair_arguments(parser: argparse.ArgumentParser, inpaint: bool) -> None:
+  parser.add_argument("prompt", metavar="PROMPT", help="what the repaired image should show")
+  parser.add_argument("--image", required=True, metavar="PNG",
+                      help="your image: square, any size (resized to each stage's resolution); "
+                      "grayscale, RGBA and 16-bit PNGs are converted")
+  if inpaint:
+    parser.add_argument("--mask", required=True, metavar="PNG",
+                        help="same size as the image: white (> 50%% grey) = fill from the "
+                        "prompt, black = keep")
+    parser.add_argument("--repaint", type=int, nargs=2, metavar=("JUMP", "RESAMPLINGS"),
+                        help="RePaint's resampling (e.g. 10 10; needs --sampler ddpm or ddim): "
+                        "fewer seams between kept and filled pixels, at ~2×RESAMPLINGS the "
+                        "network calls")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="(0, 1]: 1 fills from pure noise; lower keeps more of the "
+                        "original under the mask")
+  else:
+    parser.add_argument("--strength", type=float, default=0.6,
+                        help="(0, 1]: how far the image is noised before denoising with the "
+                        "prompt (1 = text-to-image; 0.2 = close to the input; default "
+                        "%(default)s)")
+  _add_sampling_arguments(parser)
+  parser.set_defaults(out="inpaint.png" if inpaint else "img2img.png")
+
+
+def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
+  import numpy as np
+  from PIL import Image
+
+  from imagen_jax.cascade import CascadeError, load_cascade, resize_images
+  from imagen_jax.data import images as image_ops
+  from imagen_jax.diffusion import RePaint
+  from imagen_jax.train.metrics import make_grid, to_uint8
+
+  if not args.prompt.strip():
+    raise ConfigError("empty prompt: say what the repaired image should show")
+  if not 0.0 < args.strength <= 1.0:
+    raise ConfigError(f"--strength must be in (0, 1], got {args.strength}")
+  inputs = [Path(args.image)] + ([Path(args.mask)] if inpaint else [])
+  out = Path(args.out)
+  folder = out.with_suffix("")
+  outputs = [out, folder]
+  for given in inputs:
+    if not given.is_file():
+      raise ConfigError(f"no such file: {given}")
+    if any(given.resolve() == o.resolve() or folder.resolve() in given.resolve().parents
+           for o in outputs):
+      raise ConfigError(f"--out {out} would overwrite or write next to your input {given} "
+                        f"(outputs go to {out} and {folder}/): choose another --out")
+  try:
+    image, notes = image_ops.read_user_image(args.image)
+    mask = None
+    if inpaint:
+      mask, mask_notes = image_ops.read_user_mask(args.mask, image.shape[:2])
+      notes += mask_notes
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  repaint = None
+  if inpaint:
+    filled = float(mask.mean())
+    if filled == 0.0:
+      notes.append("the mask is empty (no white pixels): nothing to fill, so every stage's "
+                   "output is your image at its resolution")
+    elif filled == 1.0:
+      notes.append("the mask covers the whole image: nothing is kept, this is text-to-image")
+    else:
+      notes.append(f"filling {filled:.1%} of the image")
+    if args.repaint:
+      repaint = RePaint(*args.repaint)
+      if args.sampler == "dpmpp_2m":
+        raise ConfigError("--repaint needs an ancestral sampler: add --sampler ddpm (or ddim)")
+      if args.strength != 1.0:
+        raise ConfigError("--repaint fills from pure noise: leave --strength at 1")
+  try:
+    cascade = load_cascade(args.workdir, args.stages)
+    names = [s.name for s in cascade.stages]
+    sizes = [s.resolution for s in cascade.stages]
+    if image.shape[0] not in sizes:
+      notes.append(f"{args.image}: {image.shape[0]} px, resized to each stage's resolution "
+                   f"({', '.join(f'{r} px' for r in sizes)})")
+    for note in notes:
+      print(f"note: {note}")
+    if inpaint and float(mask.mean()) == 0.0:
+      images = {s.name: resize_images(image[None], s.resolution) for s in cascade.stages}
+    else:
+      images = cascade.repair([args.prompt], image[None],
+                              mask=None if mask is None else mask[None],
+                              strength=args.strength, repaint=repaint, seed=args.seed,
+                              options=_sampling_options(args, names))
+  except CascadeError as e:
+    raise ConfigError(str(e)) from e
+  final = list(images.values())[-1]
+  size = final.shape[1]
+  cells = [resize_images(image[None], size)]
+  if inpaint:
+    cells.append(np.repeat(resize_images(mask[None, ..., None], size), 3, axis=-1) * 2.0 - 1.0)
+  cells += [np.asarray(Image.fromarray(to_uint8(x[0])).resize((size, size), Image.NEAREST),
+                       np.float32)[None] / 127.5 - 1.0 for x in images.values()]
+  out.parent.mkdir(parents=True, exist_ok=True)
+  folder.mkdir(exist_ok=True)
+  for name, batch in images.items():
+    Image.fromarray(to_uint8(batch[0])).save(folder / f"stage_{name}.png")
+  Image.fromarray(to_uint8(final[0])).save(folder / "result.png")
+  Image.fromarray(make_grid(np.concatenate(cells), ncols=len(cells))).save(out)
+  (folder / "prompt.txt").write_text(args.prompt + "\n")
+  columns = ["input"] + (["mask"] if inpaint else []) + [f"{n} output" for n in images]
+  print(f"result: {folder / 'result.png'} ({size} px); per-stage images in {folder}/; grid "
+        f"({', '.join(columns)}): {out}")
+  return 0
+
+
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, metavar="DIR", help="a trained workdir")
   parser.add_argument("--dataset", required=True,
@@ -185,6 +297,31 @@ COMMANDS: tuple[Command, ...] = (
             "stages on it, conditioned on --prompt."),
         add_arguments=_add_upscale_arguments,
         run=_run_upscale,
+        takes_config=False,
+    ),
+    Command(
+        name="inpaint",
+        help="fill the white region of --mask in your --image from a prompt, through every stage",
+        description=(
+            "Inpaint: at every step the kept pixels are replaced by your image noised to the "
+            "current level, the rest is denoised with the prompt (classifier-free guidance); "
+            "each super-resolution stage inpaints its own resolution with the image and mask "
+            "resized to it, so kept pixels stay kept. --repaint adds RePaint's resampling. "
+            "Writes the result, every stage's image and a grid (input, mask, outputs)."),
+        add_arguments=lambda p: _add_repair_arguments(p, inpaint=True),
+        run=lambda args, overrides: _run_repair(args, inpaint=True),
+        takes_config=False,
+    ),
+    Command(
+        name="img2img",
+        help="re-render your --image from a prompt at a --strength, through every stage",
+        description=(
+            "Image-to-image (SDEdit): your image is noised to the level where --strength of the "
+            "sampler's steps remain and denoised from there with the prompt, at every stage "
+            "(SR stages conditioned on the previous stage's output). Writes the result, every "
+            "stage's image and a grid (input, outputs)."),
+        add_arguments=lambda p: _add_repair_arguments(p, inpaint=False),
+        run=lambda args, overrides: _run_repair(args, inpaint=False),
         takes_config=False,
     ),
     Command(

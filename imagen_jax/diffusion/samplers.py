@@ -123,6 +123,18 @@ def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, 
   return x0, eps
 
 
+def sampler_update(config: SamplerConfig, x: Array, x0: Array, eps: Array, x0_prev: Array,
+                   logsnr_prev: Array, logsnr: Array, logsnr_next: Array,
+                   second_order: bool | Array, noise: Array | None) -> Array:
+  """One step of `config`'s sampler from λ to λ' given the model's (x̂₀, ε̂) at λ (and, for
+  DPM-Solver++, the previous step's x̂₀ and λ); `noise` is unused by DPM-Solver++."""
+  if config.name == "dpmpp_2m":
+    return dpmpp_2m_step(x, x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order)
+  if config.name == "ddpm":
+    return ddpm_step(x, x0, logsnr, logsnr_next, noise)
+  return ddim_step(x0, eps, logsnr, logsnr_next, config.eta, noise)
+
+
 def sample(denoise_fn: DenoiseFn, params: Any, shape: tuple[int, ...], key: Array, cond: Any, *,
            schedule: AnySchedule, config: SamplerConfig, prediction: Prediction = "eps",
            null_cond: Any = None, x_init: Array | None = None,
@@ -161,15 +173,11 @@ def sample(denoise_fn: DenoiseFn, params: Any, shape: tuple[int, ...], key: Arra
     x0, eps = predict_x0_eps(denoise_fn, params, x, l, cond, prediction=prediction,
                              guidance_weight=guidance_weight, null_cond=null_cond,
                              thresholding=config.thresholding)
-    if config.name == "dpmpp_2m":
-      x = dpmpp_2m_step(x, x0, x0_prev, l_prev, l, l_next, second_order)
-    else:
+    noise = None
+    if config.name != "dpmpp_2m":
       noise = jax.random.normal(jax.random.fold_in(loop_key, i), shape, x.dtype)
-      if config.name == "ddpm":
-        x = ddpm_step(x, x0, l, l_next, noise)
-      else:
-        x = ddim_step(x0, eps, l, l_next, config.eta, noise)
-    return (x, x0), None
+    return (sampler_update(config, x, x0, eps, x0_prev, l_prev, l, l_next, second_order,
+                           noise), x0), None
 
   (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), xs)
   return x
