@@ -46,7 +46,7 @@ def pytest_unconfigure(config):
 # (`--dist loadgroup`, see the Makefile), so the fixture is built once, not once per worker.
 _SHARED_FIXTURES = {"demo_workdir": "cascade-demo", "base_tiny": "unet-tiny",
                     "sr_tiny": "unet-tiny", "toy_run": "toy-run",
-                    "small_state_and_step": "train-small", "plan_8": "plan-8"}
+                    "small": "train-small", "plan_8": "plan-8"}
 
 # Tests (node-id prefixes) that take a minute or more of a worker: handed out first, so the two
 # workers do not end the run with one of them alone on a long test (longest first; measured
@@ -57,7 +57,7 @@ _SLOW_FIRST = (
     "tests/test_colab.py::test_notebook_runs_top_to_bottom",
     "tests/test_train.py::test_demo_recipe_learns",
     "tests/test_train.py::test_two_processes_match_one",
-    "tests/test_train.py::test_sharded_step_matches_one_device",
+    "tests/test_train.py::test_sharded_step_matches_one_device",  # with the train-small group
     "tests/test_plan.py::test_tpu_plan",
     "tests/test_train.py::test_sr1024_stage_trains",
 )

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from imagen_jax.diffusion.guidance import Thresholding
-from imagen_jax.diffusion.samplers import SamplerConfig, jit_sample, predict_x0_eps, sample
+from imagen_jax.diffusion.samplers import (STATIC_ARGNAMES, SamplerConfig, jit_sample,
+                                         predict_x0_eps, sample)
 from imagen_jax.diffusion.schedules import (CosineSchedule, DiscreteSchedule, LinearSchedule,
                                             alpha_sigma)
 
@@ -106,9 +107,16 @@ def exact_output_moments(schedule, config, mu=MU, s=S):
   return l, k * k + nvar
 
 
+# These runs are compute-bound (up to 500 steps over 262k values), unlike most of the suite's
+# programs: compiled at XLA's default optimisation level, not the suite's -O0 (tests/conftest.py),
+# they run 3-5× faster (this file: 56 → 18 s on one core).
+_jit_sample_o2 = jax.jit(sample, static_argnames=STATIC_ARGNAMES,
+                         compiler_options={"xla_backend_optimization_level": 2})
+
+
 def run(denoise_fn, schedule, config, key=0, prediction="eps", cond=None, null_cond=None,
         shape=SHAPE):
-  out = jit_sample(denoise_fn, None, shape, jax.random.key(key), cond, schedule=schedule,
+  out = _jit_sample_o2(denoise_fn, None, shape, jax.random.key(key), cond, schedule=schedule,
                    config=config, prediction=prediction, null_cond=null_cond)
   return np.asarray(out, np.float64)
 

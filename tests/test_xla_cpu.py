@@ -94,6 +94,9 @@ def test_libtpu_without_a_tpu_starts_quietly_on_the_cpu(skip):
           + ("x.skip_absent_tpu()\n" if skip else "")
           + "print(jax.devices()[0].platform)")
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  # libtpu initialises (and so prints) only in the process holding /tmp/libtpu_lockfile: while
+  # another test has libtpu loaded (test_plan's compile-only TPU), the control would be silent.
+  env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip() == "cpu"
