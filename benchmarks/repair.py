@@ -14,7 +14,8 @@ replacement and for RePaint (DDPM), at each guidance weight.
 colour, at strengths 0.2 … 1.0: the scorer's colour accuracy against the new caption (alignment)
 and the mean |Δ| from the input outside the object (closeness), as a table and a grid.
 
-Prints markdown tables, writes `<workdir>/repair.json` and PNG grids in `<workdir>/plots/`.
+Prints markdown tables, writes `<workdir>/<repair|inpaint|img2img>_<hole>.json` and PNG grids
+(`inpaint_<hole>.png`, `img2img.png`) in `<workdir>/plots/`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run_inpaint(cascade, args, plots: Path) -> list[dict]:
           "seconds": round(seconds, 1)})
       grid.append(out[:8])
       print(f"[inpaint] {rows[-1]}", flush=True)
-  save_grid(plots / "inpaint.png", grid, size=final_size)
+  save_grid(plots / f"inpaint_{args.hole}.png", grid, size=final_size)
   # the scorer on the real scenes: its ceiling for these rows
   details = score_details(real, captions)
   rows.append({"table": "inpaint", "method": "real scenes (no hole)", "num": len(captions),
@@ -186,7 +187,8 @@ def main(argv=None) -> None:
   if args.only in (None, "img2img"):
     rows += run_img2img(cascade, args, plots)
   print(format_tables(rows))
-  (workdir / "repair.json").write_text(json.dumps(rows, indent=1))
+  name = "repair" if args.only is None else args.only
+  (workdir / f"{name}_{args.hole}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

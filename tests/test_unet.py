@@ -90,7 +90,7 @@ def test_paper_configs_match_the_papers_parameter_counts(stage, size, lowres, pa
 
 
 @pytest.mark.parametrize("stage, size, lowres", [
-    ("base64", 64, 0), ("sr256", 256, 64), ("sr1024", 64, 16), ("sr1024", 128, 32)])
+    ("base64", 64, 0), ("sr256", 256, 64), ("sr1024", 64, 16)])
 def test_output_shapes_of_every_tiny_stage(stage, size, lowres):
   cfg = stage_model(stage, "tiny")
   args, extra = inputs(cfg, size, lowres=lowres)

@@ -93,7 +93,10 @@ def test_libtpu_without_a_tpu_starts_quietly_on_the_cpu(skip):
   code = ("import jax, imagen_jax.xla_cpu as x\n"
           + ("x.skip_absent_tpu()\n" if skip else "")
           + "print(jax.devices()[0].platform)")
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  # A fresh machine's environment: no TPU_* settings (`imagen-jax plan`, run earlier by
+  # test_plan in this worker, sets some in os.environ, and they quieten libtpu) and no platform.
+  env = {k: v for k, v in os.environ.items()
+         if k != "JAX_PLATFORMS" and k != "TF_CPP_MIN_LOG_LEVEL" and not k.startswith("TPU_")}
   # libtpu initialises (and so prints) only in the process holding /tmp/libtpu_lockfile: while
   # another test has libtpu loaded (test_plan's compile-only TPU), the control would be silent.
   env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
