@@ -64,7 +64,9 @@ def line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequ
   for t in _ticks(y0, y1):
     d.line([left - 4, py(t), w - right, py(t)], fill=(225, 225, 225))
     d.text((4, py(t) - 6), _fmt(10 ** t if logy else t), fill=(0, 0, 0), font=font)
-  d.text((left, 8), title, fill=(0, 0, 0), font=font)
+  # the title centred, clear of the y label at the top left
+  d.text((max((w - len(title) * 6) // 2, 8 + 6 * len(ylabel) + 16), 8), title, fill=(0, 0, 0),
+         font=font)
   d.text(((w - len(xlabel) * 6) // 2, h - 18), xlabel + (" (log)" if logx else ""),
          fill=(0, 0, 0), font=font)
   d.text((4, top - 20), ylabel + (" (log)" if logy else ""), fill=(0, 0, 0), font=font)

@@ -22,7 +22,9 @@ Each prints markdown tables, writes them to `<workdir>/quality_<kind>.json`, and
   accuracy against the prompted class and the Fréchet distance of its features to real test
   images (real test images: the ceiling and the floor) for a guidance sweep; then at the best
   weight the same checkpoint sampled by DPM-Solver++ (10, 25, 50 steps), DDIM 50 and DDPM
-  ancestral (250, 1000 steps) — quality vs network calls (`sampler_steps.png`).
+  ancestral (250, 1000 steps) — quality vs network calls (`sampler_steps.png`); `--samplers
+  dpmpp_2m:25 ddpm:1000 --guidance 5 --thresholding static` runs one comparison on a trained
+  checkpoint.
 `emoji` — `emoji_captions` composited on mid-grey (no saturated background: on white or black
   backgrounds the per-sample p99.5 of dynamic thresholding lands on the background), one text →
   32 px stage; static vs dynamic thresholding over guidance weights: the share of saturated pixels
@@ -214,8 +216,7 @@ def run_fashion(args: argparse.Namespace) -> list[dict]:
   best = max((r for r in rows if isinstance(r["guidance"], float)), key=lambda r: r["accuracy"])
   print(f"[fashion] best guidance {best['guidance']} ({best['thresholding']})", flush=True)
   curve = {}
-  for sampler, steps in [("dpmpp_2m", 10), ("dpmpp_2m", 25), ("dpmpp_2m", 50), ("ddim", 50),
-                         ("ddpm", 250), ("ddpm", 1000)]:
+  for sampler, steps in args.samplers:
     if steps > args.max_sampler_steps:
       continue
     start = time.time()
@@ -316,8 +317,17 @@ def main(argv=None) -> None:
   parser.add_argument("--thresholding", nargs="+", default=None)
   parser.add_argument("--max-sampler-steps", type=int, default=1000,
                       help="fashion: skip sampler runs with more steps than this")
+  parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME:STEPS",
+                      help="fashion: the sampler runs (default dpmpp_2m:10 dpmpp_2m:25 "
+                      "dpmpp_2m:50 ddim:50 ddpm:250 ddpm:1000)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
+  try:
+    args.samplers = [(n, int(k)) for n, k in (s.split(":") for s in args.samplers or
+                     ["dpmpp_2m:10", "dpmpp_2m:25", "dpmpp_2m:50", "ddim:50", "ddpm:250",
+                      "ddpm:1000"])]
+  except ValueError:
+    parser.error(f"--samplers takes NAME:STEPS pairs (e.g. ddpm:1000), got {args.samplers}")
   defaults = {"shapes": (200, [1.0, 3.0, 5.0, 8.0], ["static", "dynamic"]),
               "fashion": (200, [1.0, 3.0, 5.0], ["static", "dynamic"]),
               "emoji": (64, [1.0, 3.0, 5.0, 8.0, 12.0], ["static", "dynamic"])}[args.kind]

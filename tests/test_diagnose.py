@@ -49,3 +49,22 @@ def test_line_plot_draws_each_series(tmp_path):
   for color in COLORS[:2]:
     assert (pixels == color).all(axis=1).sum() > 50, color  # each line is drawn
   assert not (pixels == COLORS[2]).all(axis=1).any()  # and nothing for a third series
+
+
+def test_caption_variants_alter_one_thing_each():
+  """The text probe's alterations parse in the shapes grammar and change what they say."""
+  from benchmarks.diagnose import caption_variants
+  from imagen_jax.eval.shapes_score import parse_caption
+
+  caption = "a small red circle to the left of a large blue square"
+  v = caption_variants(caption)
+  assert v["true caption"] == caption and v["no text"] is None
+  assert v["relation flipped"] == "a small red circle to the right of a large blue square"
+  assert v["relation turned 90 deg"] == "a small red circle above a large blue square"
+  assert v["colours swapped"] == "a small blue circle to the left of a large red square"
+  assert v["second object dropped"] == "a small red circle"
+  changed = parse_caption(v["one colour changed"])
+  assert changed.objects[0].color not in ("red", "blue") and changed.objects[1].color == "blue"
+  for text in v.values():
+    if text is not None:
+      parse_caption(text)  # raises if not in the grammar
