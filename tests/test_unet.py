@@ -163,6 +163,39 @@ def test_text_positions_make_word_order_visible(base_tiny):
     np.testing.assert_allclose(out[1], ref[1], atol=1e-5)
 
 
+def test_text_layers_mix_context_into_each_token():
+  """`text_layers`: a real token's context vector depends on the other real tokens of its
+  caption (without the layers it depends on its own embedding alone), never on padded tokens
+  or on another example; an all-False mask is still one input."""
+  from imagen_jax.models.unet import Conditioning
+
+  base = stage_model("base64", "tiny")
+  (_, logsnr, text, mask), _ = inputs(base, 32)
+
+  def run(cfg, seed=2):
+    cond = Conditioning(cfg)
+    shapes = nn.unbox(jax.eval_shape(lambda: cond.init(KEY, logsnr, text, mask, None)))
+    params = fan_in_noise(shapes["params"], jax.random.key(seed))
+    return jax.jit(lambda t, m: cond.apply({"params": params}, logsnr, t, m, None))
+
+  layered, plain = run(dataclasses.replace(base, text_layers=1)), run(base)
+  changed = text.at[0, 2].add(3.0 * jax.random.normal(jax.random.key(3), (text.shape[-1],)))
+  for f, mixes in ((layered, True), (plain, False)):
+    emb, ctx, _ = f(text, mask)
+    emb2, ctx2, _ = f(changed, mask)
+    moved = float(jnp.abs(ctx2[0, 1] - ctx[0, 1]).max())  # token 0 (after the null token)
+    assert (moved > 1e-3) if mixes else (moved < 1e-6), (mixes, moved)
+    np.testing.assert_allclose(ctx2[1], ctx[1], atol=1e-6)
+  # example 1's padded tokens (mask True for its first 3) reach neither its tokens nor its emb
+  noise = jax.random.normal(jax.random.key(9), text.shape) * 5
+  emb, ctx, _ = layered(text, mask)
+  emb2, ctx2, _ = layered(jnp.where(mask[..., None], text, noise), mask)
+  np.testing.assert_allclose(ctx2[1, :4], ctx[1, :4], atol=1e-5)
+  np.testing.assert_allclose(emb2, emb, atol=1e-5)
+  off = jnp.zeros_like(mask)
+  np.testing.assert_allclose(layered(text, off)[0], layered(text * 7 + 1, off)[0], atol=1e-5)
+
+
 def test_null_text_is_one_input(base_tiny):
   """An all-False mask is the unconditional input: the embeddings behind it are irrelevant."""
   cfg, (x, logsnr, text, mask), params = base_tiny

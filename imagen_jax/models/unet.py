@@ -15,7 +15,11 @@ tokens: word order ("A to the left of B") reaches the U-Net only through what th
 into each token (the embedded tiny T5 does: a word's embedding moves with its place, cosine
 0.85–0.95 between positions). `text_positions` adds fixed sinusoidal position features to the
 projected tokens as well — an option measured not to help the demo (benchmarks/RESULTS.md,
-issue 17 §6), so off by default. A learned null token is always present among the keys,
+issue 17 §6), so off by default. `text_layers` > 0 adds that many trainable transformer layers
+(self-attention over the real tokens, then a feed-forward) after the position features, so the
+tokens the U-Net attends to can carry their context ("red" as the first object's colour), which
+a pretrained T5-XXL provides and the embedded random T5 barely does; 0 (Imagen's frozen text) is
+the default. A learned null token is always present among the keys,
 so a prompt with an all-False mask — the unconditional branch of classifier-free guidance — is
 well defined (and equal for every such prompt).
 
@@ -39,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.models.attention import AttentionImpl, dense
+from imagen_jax.models.attention import AttentionImpl, MultiHeadAttention, dense
 from imagen_jax.models.layers import (AttentionBlock, Downsample, GroupNorm, ResBlock, Upsample,
                                       conv, constrain_image, layer_norm, sinusoidal_embedding)
 
@@ -63,6 +67,7 @@ class UNetConfig:
   text_dim: int = 4096  # width of the text encoder (T5-XXL: 4096)
   cond_dim: int = 512  # width the text is projected to for cross-attention and pooling
   text_positions: bool = False  # add sinusoidal token-position features to the projected text
+  text_layers: int = 0  # trainable transformer layers over the projected text (0: the paper's)
   emb_dim: int = 0  # noise-level embedding width; 0 = 4 × width
   lowres_cond: bool = False  # super-resolution stage
   lowres_residual: bool = False  # SR: the output is added to the upsampled low-res input
@@ -83,6 +88,9 @@ class UNetConfig:
     if self.lowres_residual and not (self.lowres_cond and self.out_channels == 3):
       raise ValueError("lowres_residual needs a super-resolution U-Net (lowres_cond=True) with "
                        "3 output channels")
+    if self.text_layers and self.cond_dim % self.head_dim:
+      raise ValueError(f"text_layers need cond_dim ({self.cond_dim}) to be a multiple of "
+                       f"head_dim ({self.head_dim})")
     for level, mult in enumerate(self.channel_mults):
       attn = self.self_attention[level] or self.cross_attention[level]
       if attn and (self.width * mult) % self.head_dim:
@@ -145,10 +153,18 @@ class Conditioning(nn.Module):
     tokens = layer_norm(kw["param_dtype"], "text_norm")(text.astype(jnp.float32))
     tokens = dense(cfg.cond_dim, ("text_embed", "embed_kv"), name="text_proj", **kw)(
         tokens.astype(kw["dtype"]))
-    if cfg.text_positions:  # word order for the cross-attention (see UNetConfig.text_positions)
+    if cfg.text_positions or cfg.text_layers:  # word order (see UNetConfig.text_positions)
       positions = sinusoidal_embedding(jnp.arange(tokens.shape[1]), cfg.cond_dim)
       tokens = tokens + positions.astype(tokens.dtype)[None]
     mask = text_mask.astype(bool)
+    for i in range(cfg.text_layers):  # pre-LN encoder layers over the real tokens (key mask)
+      h = layer_norm(kw["param_dtype"], f"text_layer{i}_norm")(tokens).astype(kw["dtype"])
+      tokens = tokens + MultiHeadAttention(head_dim=cfg.head_dim, impl=cfg.attention_impl,
+                                           name=f"text_layer{i}_attention", **kw)(h, h, mask)
+      h = layer_norm(kw["param_dtype"], f"text_layer{i}_ff_norm")(tokens).astype(kw["dtype"])
+      h = dense(2 * cfg.cond_dim, ("embed_kv", "mlp"), name=f"text_layer{i}_ff_in", **kw)(h)
+      tokens = tokens + dense(cfg.cond_dim, ("mlp", "embed_kv"), name=f"text_layer{i}_ff_out",
+                              zero_init=True, **kw)(nn.gelu(h))
     count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
     pooled = jnp.sum(tokens.astype(jnp.float32) * mask[..., None], axis=1) / count
     emb = emb + dense(emb_dim, ("embed_kv", "cond"), name="pooled_proj", **kw)(
