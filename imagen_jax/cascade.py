@@ -246,7 +246,7 @@ class Cascade:
     previous = None
     for i, stage in enumerate(run):
       opts = options.get(stage.name, SamplingOptions())
-      if repaint is not None and opts.sampler == "dpmpp_2m":
+      if repaint is not None and opts.sampler.startswith("dpmpp"):
         raise CascadeError(f"RePaint needs an ancestral sampler for {stage.name}: use 'ddpm' "
                            "(or 'ddim')")
       key = jax.random.fold_in(jax.random.key(seed), i)

@@ -88,6 +88,14 @@ def test_start_index_is_diffusers_img2img_rule(num_steps):
       rp.start_index(num_steps, bad)
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_2m_sde"])
+def test_repaint_refuses_multistep_samplers(sampler):
+  image, keep = jnp.zeros((1, 4, 4, 3)), jnp.ones((1, 4, 4, 1))
+  with pytest.raises(ValueError, match="RePaint needs an ancestral sampler"):
+    rp._check(image, keep, SamplerConfig(sampler, 10), rp.RePaint(2, 2), 0)
+  rp._check(image, keep, SamplerConfig("ddpm", 10), rp.RePaint(2, 2), 0)  # the ancestral one runs
+
+
 # --- analytic: Gaussian data, its exact denoiser, and the exact conditional --------------------
 
 # 4 "pixels" in a row (image shape (1, 4, 1)); strongly correlated so that the known pixels

@@ -21,7 +21,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W",
                       help="classifier-free guidance weight, one for all stages or one per stage")
   parser.add_argument("--steps", type=int, default=25, help="sampler steps per stage")
-  parser.add_argument("--sampler", default="dpmpp_2m", choices=("ddpm", "ddim", "dpmpp_2m"))
+  parser.add_argument("--sampler", default="dpmpp_2m",
+                      choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"))
   parser.add_argument("--thresholding", default="dynamic", choices=("none", "static", "dynamic"))
   parser.add_argument("--aug-level", type=float, default=None,
                       help="noise-augmentation level of SR inputs (default: each stage's config)")
@@ -184,7 +185,7 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
       notes.append(f"filling {filled:.1%} of the image")
     if args.repaint:
       repaint = RePaint(*args.repaint)
-      if args.sampler == "dpmpp_2m":
+      if args.sampler.startswith("dpmpp"):
         raise ConfigError("--repaint needs an ancestral sampler: add --sampler ddpm (or ddim)")
       if args.strength != 1.0:
         raise ConfigError("--repaint fills from pure noise: leave --strength at 1")

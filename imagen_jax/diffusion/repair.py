@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_jax.diffusion.objectives import DenoiseFn, Prediction
-from imagen_jax.diffusion.samplers import SamplerConfig, predict_x0_eps, sampler_update
+from imagen_jax.diffusion.samplers import (MULTISTEP, SamplerConfig, predict_x0_eps,
+                                           sampler_update)
 from imagen_jax.diffusion.schedules import AnySchedule, alpha_sigma
 
 Array = jax.Array
@@ -126,7 +127,7 @@ def _check(image: Array, keep: Array | None, config: SamplerConfig, repaint: ReP
   if repaint is not None:
     if keep is None:
       raise ValueError("RePaint resamples an inpainting run: give a keep mask")
-    if config.name == "dpmpp_2m":
+    if config.name in MULTISTEP:
       raise ValueError("RePaint needs an ancestral sampler (ddpm, or ddim with eta > 0): its "
                        "renoising steps break DPM-Solver++'s multistep history")
     if not (isinstance(start, (int, np.integer)) and start == 0):

@@ -1,4 +1,5 @@
-"""Samplers: DDPM ancestral, DDIM (with η) and DPM-Solver++(2M), each one pure jit-able function.
+"""Samplers: DDPM ancestral, DDIM (with η), DPM-Solver++(2M) and its SDE form, each one pure
+jit-able function.
 
 `sample(denoise_fn, params, shape, key, cond, schedule=..., config=...)` runs the whole reverse
 process with the timestep loop inside `lax.scan`, so `jax.jit` compiles it as one program:
@@ -12,12 +13,16 @@ All samplers walk the schedule's grid of log-SNR values λ₀ < λ₁ < … < λ
 Each step asks the (guided) model for x̂₀ and ε̂ at λ_i, applies thresholding to x̂₀ (and recomputes
 ε̂ from the thresholded x̂₀), then moves to λ_{i+1}. The last step lands on σ = 0, i.e. returns x̂₀.
 
-The single-step updates are exposed (`ddpm_step`, `ddim_step`, `dpmpp_2m_step`) and are checked
+The single-step updates are exposed (`ddpm_step`, `ddim_step`, `dpmpp_2m_step`,
+`dpmpp_2m_sde_step`) and are checked
 against diffusers' schedulers in the test-suite. Derivations, with c = −expm1(λ_i − λ_{i+1}):
   DDPM:  x' = α'·((1−c)/α · x + c·x̂₀) + σ'·√c · z                 (posterior q(x' | x, x̂₀))
   DDIM:  x' = α'·x̂₀ + √(σ'² − s²)·ε̂ + s·z,  s = η·σ'·√c
   DPM++(2M): h = (λ' − λ)/2, x' = (σ'/σ)·x − α'·expm1(−h)·D,
          D = x̂₀ + (h / 2h₋)·(x̂₀ − x̂₀₋) (first order, D = x̂₀, on the first step and the last).
+  SDE-DPM++(2M): x' = (σ'/σ)·e^(−h)·x + α'·(1 − e^(−2h))·D + σ'·√(1 − e^(−2h))·z.
+The stochastic samplers (DDPM, SDE-DPM++, DDIM with η > 0) draw step i's z from
+fold_in(split(key)[1], i).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from imagen_jax.diffusion.objectives import (DenoiseFn, Prediction, broadcast_to
 from imagen_jax.diffusion.schedules import AnySchedule, alpha_sigma
 
 Array = jax.Array
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
+MULTISTEP = ("dpmpp_2m", "dpmpp_2m_sde")  # samplers that carry the previous step's x̂₀
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +54,7 @@ class SamplerConfig:
     default; it always does for the final jump to σ = 0).
   """
 
-  name: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m"
+  name: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"] = "dpmpp_2m"
   num_steps: int = 25
   guidance_weight: float = 1.0
   thresholding: Thresholding = Thresholding("none")
@@ -99,6 +105,26 @@ def dpmpp_2m_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, logsn
   return (sigma_n / sigma) * x - alpha_n * jnp.expm1(-h) * d
 
 
+def dpmpp_2m_sde_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, logsnr: Array,
+                      logsnr_next: Array, second_order: bool | Array, noise: Array) -> Array:
+  """SDE-DPM-Solver++(2M) step from λ to λ' > λ (Lu et al. 2022, §5; diffusers'
+  `algorithm_type="sde-dpmsolver++"`, 'midpoint'): the solver of the reverse SDE, which injects
+  fresh noise every step as the ancestral sampler does, at DPM-Solver++'s second order.
+
+  x' = (σ'/σ)·e^(−h)·x + α'·(1 − e^(−2h))·D + σ'·√(1 − e^(−2h))·z, with h = (λ' − λ)/2 and D the
+  same second-order combination of x̂₀ and the previous x̂₀ as `dpmpp_2m_step`.
+  """
+  alpha_n, sigma_n = alpha_sigma(logsnr_next)
+  _, sigma = alpha_sigma(logsnr)
+  h = 0.5 * (logsnr_next - logsnr)
+  h_prev = 0.5 * (logsnr - logsnr_prev)
+  coef = jnp.where(second_order, 0.5 * h / jnp.where(second_order, h_prev, 1.0), 0.0)
+  d = x0 + coef * (x0 - x0_prev)
+  decay = -jnp.expm1(-2.0 * h)  # 1 − e^(−2h): 1 on the final jump to σ' = 0
+  return ((sigma_n / sigma) * jnp.exp(-h) * x + alpha_n * decay * d
+          + sigma_n * jnp.sqrt(decay) * noise)
+
+
 def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, cond: Any, *,
                    prediction: Prediction, guidance_weight: float = 1.0, null_cond: Any = None,
                    thresholding: Thresholding = Thresholding("none")) -> tuple[Array, Array]:
@@ -127,9 +153,13 @@ def sampler_update(config: SamplerConfig, x: Array, x0: Array, eps: Array, x0_pr
                    logsnr_prev: Array, logsnr: Array, logsnr_next: Array,
                    second_order: bool | Array, noise: Array | None) -> Array:
   """One step of `config`'s sampler from λ to λ' given the model's (x̂₀, ε̂) at λ (and, for
-  DPM-Solver++, the previous step's x̂₀ and λ); `noise` is unused by DPM-Solver++."""
+  DPM-Solver++, the previous step's x̂₀ and λ); `noise` is unused by the deterministic
+  DPM-Solver++ ('dpmpp_2m')."""
   if config.name == "dpmpp_2m":
     return dpmpp_2m_step(x, x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order)
+  if config.name == "dpmpp_2m_sde":
+    return dpmpp_2m_sde_step(x, x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order,
+                             noise)
   if config.name == "ddpm":
     return ddpm_step(x, x0, logsnr, logsnr_next, noise)
   return ddim_step(x0, eps, logsnr, logsnr_next, config.eta, noise)
