@@ -95,14 +95,20 @@ def dpmpp_2m_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, logsn
 
   `x0_prev` and `logsnr_prev` are the previous step's x̂₀ and λ; unused when `second_order` is False.
   """
+  alpha_n, sigma_n, sigma, h, d = _dpmpp_2m_terms(x0, x0_prev, logsnr_prev, logsnr, logsnr_next,
+                                                  second_order)
+  return (sigma_n / sigma) * x - alpha_n * jnp.expm1(-h) * d
+
+
+def _dpmpp_2m_terms(x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order):
+  """(α', σ', σ, h, D) of a DPM-Solver++(2M) step, D its second-order combination of x̂₀s."""
   alpha_n, sigma_n = alpha_sigma(logsnr_next)
   _, sigma = alpha_sigma(logsnr)
   h = 0.5 * (logsnr_next - logsnr)
   h_prev = 0.5 * (logsnr - logsnr_prev)
   # 1/(2 r) with r = h_prev/h; zero (and never inf·0) when the step is first order.
   coef = jnp.where(second_order, 0.5 * h / jnp.where(second_order, h_prev, 1.0), 0.0)
-  d = x0 + coef * (x0 - x0_prev)
-  return (sigma_n / sigma) * x - alpha_n * jnp.expm1(-h) * d
+  return alpha_n, sigma_n, sigma, h, x0 + coef * (x0 - x0_prev)
 
 
 def dpmpp_2m_sde_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, logsnr: Array,
@@ -114,12 +120,8 @@ def dpmpp_2m_sde_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, l
   x' = (σ'/σ)·e^(−h)·x + α'·(1 − e^(−2h))·D + σ'·√(1 − e^(−2h))·z, with h = (λ' − λ)/2 and D the
   same second-order combination of x̂₀ and the previous x̂₀ as `dpmpp_2m_step`.
   """
-  alpha_n, sigma_n = alpha_sigma(logsnr_next)
-  _, sigma = alpha_sigma(logsnr)
-  h = 0.5 * (logsnr_next - logsnr)
-  h_prev = 0.5 * (logsnr - logsnr_prev)
-  coef = jnp.where(second_order, 0.5 * h / jnp.where(second_order, h_prev, 1.0), 0.0)
-  d = x0 + coef * (x0 - x0_prev)
+  alpha_n, sigma_n, sigma, h, d = _dpmpp_2m_terms(x0, x0_prev, logsnr_prev, logsnr, logsnr_next,
+                                                  second_order)
   decay = -jnp.expm1(-2.0 * h)  # 1 − e^(−2h): 1 on the final jump to σ' = 0
   return ((sigma_n / sigma) * jnp.exp(-h) * x + alpha_n * decay * d
           + sigma_n * jnp.sqrt(decay) * noise)
