@@ -181,8 +181,7 @@ def test_dpm_solver_pp_2m_trajectory_matches_diffusers(beta_schedule, prediction
   _assert_close(ours, theirs, tol)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
-@pytest.mark.parametrize("threshold", [False, True])
+@pytest.mark.parametrize("prediction, threshold", [("eps", False), ("v", True)])
 def test_sde_dpm_solver_pp_2m_trajectory_matches_diffusers(prediction, threshold):
   """SDE-DPM-Solver++(2M) vs diffusers' `sde-dpmsolver++` (midpoint), fed our per-step noise."""
   kwargs = _scheduler_kwargs("linear", prediction, threshold)
