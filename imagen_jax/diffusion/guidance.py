@@ -4,11 +4,19 @@ Guidance: ŷ = ŷ_u + w·(ŷ_c − ŷ_u), with w = 1 meaning no guidance (the pa
 Because ε, v and x₀ are affine in one another at fixed (x_t, λ), and the weights (w, 1−w) sum to
 one, guiding any parametrisation gives the same result; we guide the raw model output. Both
 branches run in ONE model call on a doubled batch (conditional first, unconditional second).
+A model with a learned variance (DeepFloyd IF: C prediction channels, then C channels of the
+learned-range interpolation v, Nichol & Dhariwal 2021) has only its prediction guided; v is the
+conditional branch's, exactly as diffusers' IF pipelines do (`learned_variance=True`).
 
 Thresholding acts on the predicted x̂₀ at every sampling step:
-  * static: clip to [−1, 1];
+  * static: clip to [−1, 1] (or [−m, m] with `max_value` m: diffusers' `clip_sample_range`);
   * dynamic: per sample, s = percentile(|x̂₀|, p) over all of that sample's pixels and channels
     (paper: p = 99.5); s ← max(s, 1); x̂₀ ← clip(x̂₀, −s, s)/s. One s per sample, never per batch.
+    With `max_value` m, s ← min(max(s, 1), m): diffusers' `_threshold_sample` with
+    `dynamic_thresholding_ratio` = p/100 and `sample_max_value` = m, the same linear-interpolation
+    quantile (`torch.quantile`) and the same clamp. (diffusers computes the quantile's position
+    in its input's dtype, float32 in its pipelines, which moves s by up to ~5e-6 for 3·64² images;
+    ours, like its float64 run, computes it in float64.)
 """
 
 from __future__ import annotations
@@ -25,11 +33,15 @@ Array = jax.Array
 
 
 def guided_output(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, cond: Any,
-                  null_cond: Any, guidance_weight: float | Array) -> Array:
+                  null_cond: Any, guidance_weight: float | Array, learned_variance: bool = False
+                  ) -> Array:
   """Classifier-free guided model output, both branches in one batched call.
 
   `cond` and `null_cond` are pytrees of the same structure whose leaves have the batch as their
   leading axis (e.g. text embeddings and a mask, the null one being the model's "no text" input).
+  `learned_variance`: the output's last axis holds x's C channels of prediction followed by C
+  channels of learned variance; only the prediction is guided, the variance is the conditional
+  branch's (diffusers' `pipeline_if.py`: `torch.cat([noise_pred, predicted_variance])`).
   """
   if jax.tree_util.tree_structure(cond) != jax.tree_util.tree_structure(null_cond):
     raise ValueError("cond and null_cond must be pytrees of the same structure, got "
@@ -40,11 +52,26 @@ def guided_output(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, c
   out = denoise_fn(params, jnp.concatenate([x, x], axis=0), jnp.concatenate([logsnr, logsnr]),
                    both)
   cond_out, uncond_out = out[:batch], out[batch:]
-  return uncond_out + guidance_weight * (cond_out - uncond_out)
+  if not learned_variance:
+    return uncond_out + guidance_weight * (cond_out - uncond_out)
+  c = check_variance_channels(out, x)
+  guided = uncond_out[..., :c] + guidance_weight * (cond_out[..., :c] - uncond_out[..., :c])
+  return jnp.concatenate([guided, cond_out[..., c:]], axis=-1)
 
 
-def static_threshold(x0: Array) -> Array:
-  return jnp.clip(x0, -1.0, 1.0)
+def check_variance_channels(output: Array, x: Array) -> int:
+  """x's channel count C, after checking that `output` holds 2·C channels (prediction, variance)."""
+  c = x.shape[-1]
+  if output.shape[-1] != 2 * c:
+    raise ValueError(f"learned_variance expects the model to output 2×{c} channels for a "
+                     f"{c}-channel image (its prediction, then the learned-range variance "
+                     f"interpolation), got output shape {output.shape} for x of shape {x.shape}; "
+                     "set learned_variance=False for a model without variance channels")
+  return c
+
+
+def static_threshold(x0: Array, limit: float = 1.0) -> Array:
+  return jnp.clip(x0, -limit, limit)
 
 
 def dynamic_threshold(x0: Array, percentile: float = 99.5, max_value: float | None = None
@@ -114,7 +141,11 @@ def _check_percentile(percentile: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Thresholding:
-  """How sampling constrains x̂₀: 'none', 'static' ([−1, 1]) or 'dynamic' (per-sample percentile)."""
+  """How sampling constrains x̂₀: 'none', 'static' ([−1, 1]) or 'dynamic' (per-sample percentile).
+
+  `max_value`: for 'dynamic' the cap on s (diffusers' `sample_max_value`; None: no cap, as in the
+  paper); for 'static' the clip range (diffusers' `clip_sample_range`; None: 1).
+  """
 
   kind: Literal["none", "static", "dynamic"] = "dynamic"
   percentile: float = 99.5
@@ -125,10 +156,13 @@ class Thresholding:
       raise ValueError(f"unknown thresholding {self.kind!r}; choose 'none', 'static' or 'dynamic'")
     if self.kind == "dynamic":
       _check_percentile(self.percentile)
+    if self.max_value is not None and not self.max_value > 0:
+      raise ValueError(f"thresholding max_value must be positive (or None), got {self.max_value}")
 
   def __call__(self, x0: Array) -> Array:
     if self.kind == "static":
-      return static_threshold(x0)
+      return static_threshold(x0) if self.max_value is None else static_threshold(
+          x0, self.max_value)
     if self.kind == "dynamic":
       return dynamic_threshold(x0, self.percentile, self.max_value)
     return x0

@@ -29,6 +29,11 @@ line takes the opposite, white = fill, and converts).
   `repair_sample` takes the start step, which may be traced: one compiled program serves every
   strength (the skipped steps cost nothing, `lax.cond`). Inpainting takes a start too (diffusers'
   IF inpainting has a strength): the unknown region then starts from the noised image.
+
+A model with a learned variance (`SamplerConfig(learned_variance=True)`, DeepFloyd IF) works with
+every method: DDPM's denoising moves (RePaint's too) draw their noise with the learned-range
+variance of the move's step, as `samplers.sample` does; the other samplers drop the variance, and
+RePaint's renoising moves are the forward process q(x_λ' | x_λ), which has no learned part.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_jax.diffusion.objectives import DenoiseFn, Prediction
-from imagen_jax.diffusion.samplers import (MULTISTEP, SamplerConfig, predict_x0_eps,
+from imagen_jax.diffusion.samplers import (MULTISTEP, SamplerConfig, predict_x0_eps_var,
                                            sampler_update)
 from imagen_jax.diffusion.schedules import AnySchedule, alpha_sigma
 
@@ -156,9 +161,11 @@ def repair_sample(denoise_fn: DenoiseFn, params: Any, image: Array, key: Array, 
   init_key, loop_key = jax.random.split(key)
   z0 = jax.random.normal(init_key, image.shape, jnp.float32)
   lam_all = jnp.asarray(logsnrs, jnp.float32)
-  predict = functools.partial(predict_x0_eps, denoise_fn, params, cond=cond,
+  predict = functools.partial(predict_x0_eps_var, denoise_fn, params, cond=cond,
                               prediction=prediction, guidance_weight=guidance_weight,
-                              null_cond=null_cond, thresholding=config.thresholding)
+                              null_cond=null_cond, thresholding=config.thresholding,
+                              learned_variance=config.learned_variance,
+                              use_clipped_model_output=config.use_clipped_model_output)
   deterministic = config.name == "dpmpp_2m" or (config.name == "ddim" and config.eta == 0)
 
   def known_noise(i):  # the noise the known region is diffused with at move i
@@ -189,11 +196,11 @@ def repair_sample(denoise_fn: DenoiseFn, params: Any, image: Array, key: Array, 
 
     def active(args):
       x, x0_prev = args
-      x0, eps = predict(x=x, logsnr=l)
+      x0, eps, model_var = predict(x=x, logsnr=l)
       noise = jax.random.normal(jax.random.fold_in(loop_key, i), x.shape, x.dtype)
       # the first step of a run that starts later is first order (it has no history)
       x_new = sampler_update(config, x, x0, eps, x0_prev, l_prev, l, l_next,
-                             second_order & (i > start), noise)
+                             second_order & (i > start), noise, model_var)
       if keep is not None:
         x_new = replace_known(x_new, image, keep, l_next, known_noise(i))
       return x_new, x0
@@ -215,8 +222,8 @@ def _repaint_loop(predict, image, keep, z0, loop_key, lam_all, config, repaint, 
     noise = jax.random.normal(jax.random.fold_in(loop_key, k), x.shape, x.dtype)
 
     def denoise(x):
-      x0, eps = predict(x=x, logsnr=l)
-      x_new = sampler_update(config, x, x0, eps, x0, l, l, l_to, False, noise)
+      x0, eps, model_var = predict(x=x, logsnr=l)
+      x_new = sampler_update(config, x, x0, eps, x0, l, l, l_to, False, noise, model_var)
       return replace_known(x_new, image, keep, l_to, known_noise(k))
 
     return jax.lax.cond(to > here, denoise, lambda x: renoise(x, l, l_to, noise), x), None

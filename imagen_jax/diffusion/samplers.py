@@ -23,6 +23,16 @@ against diffusers' schedulers in the test-suite. Derivations, with c = −expm1(
   SDE-DPM++(2M): x' = (σ'/σ)·e^(−h)·x + α'·(1 − e^(−2h))·D + σ'·√(1 − e^(−2h))·z.
 The stochastic samplers (DDPM, SDE-DPM++, DDIM with η > 0) draw step i's z from
 fold_in(split(key)[1], i).
+
+Learned variance (`SamplerConfig(learned_variance=True)`, DeepFloyd IF's U-Nets): the model outputs
+C channels of prediction followed by C channels v ∈ [−1, 1] interpolating the step's log-variance
+between the posterior's β̃ and the forward step's β (Nichol & Dhariwal 2021, eq. 15; diffusers'
+`variance_type="learned_range"`). With β = 1 − α²/α'² and β̃ = σ'²·c (= (1 − α'²)/(1 − α²)·β):
+  DDPM:  x' = (the same posterior mean) + exp(½·(f·log β + (1 − f)·log max(β̃, 1e-20)))·z,
+         f = (v + 1)/2, and no noise on the final jump to σ' = 0 (diffusers' t = 0).
+Guidance acts on the prediction channels only; v is the conditional branch's (`guided_output`).
+The variance travels next to (x̂₀, ε̂) through `predict_x0_eps_var` into `sampler_update`, inside
+the same `lax.scan`; DDIM and DPM-Solver++ drop it, as diffusers' schedulers and IF pipelines do.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagen_jax.diffusion.guidance import Thresholding, guided_output
+from imagen_jax.diffusion.guidance import Thresholding, check_variance_channels, guided_output
 from imagen_jax.diffusion.objectives import (DenoiseFn, Prediction, broadcast_to_image,
                                              x0_eps_from_output)
 from imagen_jax.diffusion.schedules import AnySchedule, alpha_sigma
@@ -52,6 +62,13 @@ class SamplerConfig:
   eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like variance).
   lower_order_final: DPM-Solver++ takes a first-order last step when num_steps < 15 (diffusers'
     default; it always does for the final jump to σ = 0).
+  learned_variance: the model's output carries, after its C prediction channels, C channels of
+    learned-range variance interpolation v ∈ [−1, 1] (DeepFloyd IF; diffusers' `variance_type=
+    "learned_range"`). DDPM draws its noise with that variance; DDIM and DPM-Solver++ drop them.
+  use_clipped_model_output: with thresholding on, re-derive ε̂ from the thresholded x̂₀ (True:
+    GLIDE's rule and ours, diffusers' `use_clipped_model_output=True`) or keep the model's own ε̂
+    (False: diffusers' DDIMScheduler default, hence what its pipelines — IF's too — do). Only DDIM
+    reads ε̂; the other samplers step with x̂₀ alone.
   """
 
   name: Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"] = "dpmpp_2m"
@@ -60,6 +77,8 @@ class SamplerConfig:
   thresholding: Thresholding = Thresholding("none")
   eta: float = 0.0
   lower_order_final: bool = True
+  learned_variance: bool = False
+  use_clipped_model_output: bool = True
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
@@ -68,15 +87,45 @@ class SamplerConfig:
       raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}")
     if self.eta < 0:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
+    for name in ("learned_variance", "use_clipped_model_output"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
-def ddpm_step(x: Array, x0: Array, logsnr: Array, logsnr_next: Array, noise: Array) -> Array:
-  """Ancestral step from λ to λ' > λ: a sample of q(x_{λ'} | x_λ, x̂₀)."""
+def ddpm_step(x: Array, x0: Array, logsnr: Array, logsnr_next: Array, noise: Array,
+              model_var: Array | None = None) -> Array:
+  """Ancestral step from λ to λ' > λ: a sample of q(x_{λ'} | x_λ, x̂₀), or, given the model's
+  learned-range variance output `model_var` (v ∈ [−1, 1]), the posterior mean with the variance
+  of `learned_range_std`."""
   alpha, _ = alpha_sigma(logsnr)
   alpha_n, sigma_n = alpha_sigma(logsnr_next)
   c = -jnp.expm1(logsnr - logsnr_next)
   mean = alpha_n * ((1.0 - c) / alpha * x + c * x0)
-  return mean + sigma_n * jnp.sqrt(c) * noise
+  if model_var is None:
+    return mean + sigma_n * jnp.sqrt(c) * noise
+  return mean + learned_range_std(logsnr, logsnr_next, model_var) * noise
+
+
+def learned_range_std(logsnr: Array, logsnr_next: Array, model_var: Array) -> Array:
+  """Standard deviation of a DDPM step from λ to λ' with a learned-range variance (Nichol &
+  Dhariwal 2021, eq. 15; diffusers' `DDPMScheduler._get_variance`, "learned_range"):
+
+      log σ²_step = f·log β + (1 − f)·log max(β̃, 1e-20),   f = (v + 1)/2,
+
+  β = 1 − ᾱ_t/ᾱ_prev = 1 − α²/α'² the respaced step's forward variance and β̃ = (1 − ᾱ_prev)/
+  (1 − ᾱ_t)·β = σ'²·c the posterior's (c = −expm1(λ − λ')), both in log form: log β =
+  log(−expm1(log α² − log α'²)), log β̃ = log σ'² + log c. Zero on the final jump to λ' = +∞
+  (σ' = 0), where diffusers (at t = 0) adds no noise either.
+  """
+  log_alpha2 = jax.nn.log_sigmoid(logsnr)
+  log_alpha2_n = jax.nn.log_sigmoid(logsnr_next)
+  log_sigma2_n = jax.nn.log_sigmoid(-logsnr_next)
+  log_beta = jnp.log(-jnp.expm1(log_alpha2 - log_alpha2_n))
+  log_c = jnp.log(-jnp.expm1(logsnr - logsnr_next))
+  log_beta_tilde = jnp.maximum(log_sigma2_n + log_c, jnp.log(jnp.float32(1e-20)))
+  frac = (model_var + 1.0) / 2.0
+  std = jnp.exp(0.5 * (frac * log_beta + (1.0 - frac) * log_beta_tilde))
+  return jnp.where(jnp.isposinf(logsnr_next), 0.0, std)
 
 
 def ddim_step(x0: Array, eps: Array, logsnr: Array, logsnr_next: Array, eta: float | Array,
@@ -129,12 +178,30 @@ def dpmpp_2m_sde_step(x: Array, x0: Array, x0_prev: Array, logsnr_prev: Array, l
 
 def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, cond: Any, *,
                    prediction: Prediction, guidance_weight: float = 1.0, null_cond: Any = None,
-                   thresholding: Thresholding = Thresholding("none")) -> tuple[Array, Array]:
+                   thresholding: Thresholding = Thresholding("none"),
+                   learned_variance: bool = False, use_clipped_model_output: bool = True
+                   ) -> tuple[Array, Array]:
   """(x̂₀, ε̂) at noise level λ (scalar or (batch,)), guided and thresholded.
 
   After thresholding, ε̂ is recomputed from the thresholded x̂₀, so that the update stays on the
-  line between x_t and x̂₀ (diffusers' `use_clipped_model_output=True`).
+  line between x_t and x̂₀ (diffusers' `use_clipped_model_output=True`; False keeps the model's).
+  `predict_x0_eps_var` also returns a learned variance.
   """
+  x0, eps, _ = predict_x0_eps_var(denoise_fn, params, x, logsnr, cond, prediction=prediction,
+                                  guidance_weight=guidance_weight, null_cond=null_cond,
+                                  thresholding=thresholding, learned_variance=learned_variance,
+                                  use_clipped_model_output=use_clipped_model_output)
+  return x0, eps
+
+
+def predict_x0_eps_var(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, cond: Any, *,
+                       prediction: Prediction, guidance_weight: float = 1.0,
+                       null_cond: Any = None, thresholding: Thresholding = Thresholding("none"),
+                       learned_variance: bool = False, use_clipped_model_output: bool = True
+                       ) -> tuple[Array, Array, Array | None]:
+  """(x̂₀, ε̂, v) at noise level λ: `predict_x0_eps`, plus the model's learned-range variance
+  output v (its last C channels, the conditional branch's under guidance) when `learned_variance`,
+  else None."""
   logsnr_b = jnp.broadcast_to(jnp.asarray(logsnr, x.dtype), (x.shape[0],))
   if isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0:
     out = denoise_fn(params, x, logsnr_b, cond)
@@ -142,28 +209,42 @@ def predict_x0_eps(denoise_fn: DenoiseFn, params: Any, x: Array, logsnr: Array, 
     if null_cond is None:
       raise ValueError("classifier-free guidance (guidance_weight != 1) needs null_cond, the "
                        "model's unconditional input (e.g. empty-text embeddings with a zero mask)")
-    out = guided_output(denoise_fn, params, x, logsnr_b, cond, null_cond, guidance_weight)
+    out = guided_output(denoise_fn, params, x, logsnr_b, cond, null_cond, guidance_weight,
+                        learned_variance=learned_variance)
+  model_var = None
+  if learned_variance:
+    c = check_variance_channels(out, x)
+    out, model_var = out[..., :c], out[..., c:]
+  elif out.ndim == x.ndim and out.shape[-1] != x.shape[-1]:
+    hint = (": if the extra channels are a learned variance (DeepFloyd IF's U-Nets), set "
+            "SamplerConfig(learned_variance=True)" if out.shape[-1] == 2 * x.shape[-1] else "")
+    raise ValueError(f"the model's output has {out.shape[-1]} channels for a {x.shape[-1]}-channel "
+                     f"image (output {out.shape}, x {x.shape}){hint}")
   x0, eps = x0_eps_from_output(prediction, out, x, logsnr_b)
   if thresholding.kind != "none":
     x0 = thresholding(x0)
-    alpha, sigma = (broadcast_to_image(a, x) for a in alpha_sigma(logsnr_b))
-    eps = (x - alpha * x0) / sigma
-  return x0, eps
+    if use_clipped_model_output:
+      alpha, sigma = (broadcast_to_image(a, x) for a in alpha_sigma(logsnr_b))
+      eps = (x - alpha * x0) / sigma
+  return x0, eps, model_var
 
 
 def sampler_update(config: SamplerConfig, x: Array, x0: Array, eps: Array, x0_prev: Array,
                    logsnr_prev: Array, logsnr: Array, logsnr_next: Array,
-                   second_order: bool | Array, noise: Array | None) -> Array:
+                   second_order: bool | Array, noise: Array | None,
+                   model_var: Array | None = None) -> Array:
   """One step of `config`'s sampler from λ to λ' given the model's (x̂₀, ε̂) at λ (and, for
   DPM-Solver++, the previous step's x̂₀ and λ); `noise` is unused by the deterministic
-  DPM-Solver++ ('dpmpp_2m')."""
+  DPM-Solver++ ('dpmpp_2m'). `model_var`, the learned-range variance output (None: fixed
+  variance), is used by DDPM only."""
   if config.name == "dpmpp_2m":
     return dpmpp_2m_step(x, x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order)
   if config.name == "dpmpp_2m_sde":
     return dpmpp_2m_sde_step(x, x0, x0_prev, logsnr_prev, logsnr, logsnr_next, second_order,
                              noise)
   if config.name == "ddpm":
-    return ddpm_step(x, x0, logsnr, logsnr_next, noise)
+    return ddpm_step(x, x0, logsnr, logsnr_next, noise,
+                     model_var if config.learned_variance else None)
   return ddim_step(x0, eps, logsnr, logsnr_next, config.eta, noise)
 
 
@@ -202,14 +283,16 @@ def sample(denoise_fn: DenoiseFn, params: Any, shape: tuple[int, ...], key: Arra
   def step(carry, inputs):
     x, x0_prev = carry
     l_prev, l, l_next, second_order, i = inputs
-    x0, eps = predict_x0_eps(denoise_fn, params, x, l, cond, prediction=prediction,
-                             guidance_weight=guidance_weight, null_cond=null_cond,
-                             thresholding=config.thresholding)
+    x0, eps, model_var = predict_x0_eps_var(
+        denoise_fn, params, x, l, cond, prediction=prediction, guidance_weight=guidance_weight,
+        null_cond=null_cond, thresholding=config.thresholding,
+        learned_variance=config.learned_variance,
+        use_clipped_model_output=config.use_clipped_model_output)
     noise = None
     if config.name != "dpmpp_2m":
       noise = jax.random.normal(jax.random.fold_in(loop_key, i), shape, x.dtype)
     return (sampler_update(config, x, x0, eps, x0_prev, l_prev, l, l_next, second_order,
-                           noise), x0), None
+                           noise, model_var), x0), None
 
   (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), xs)
   return x

@@ -156,7 +156,16 @@ class DiscreteSchedule:
   Continuous time maps onto the table by t = k/(N−1), interpolating λ linearly between entries, so
   that the same losses and samplers serve discrete models. `sampling_logsnrs` follows diffusers'
   timestep `spacing` conventions so that a grid can match a diffusers scheduler exactly:
-  'linspace' is DPMSolverMultistepScheduler's default, 'leading' DDIMScheduler's and DDPMScheduler's.
+  'linspace' is DPMSolverMultistepScheduler's default, 'leading' DDIMScheduler's and DDPMScheduler's
+  ('trailing' is the same in all three; DDPM's and DDIM's own 'linspace' and DPM-Solver's own
+  'leading' are other grids, which `diffusers_scheduler` refuses). `steps_offset` is added to
+  'leading' grids, as diffusers does (Stable Diffusion's configs set 1); the other spacings ignore
+  it, as diffusers' do.
+
+  `custom_timesteps` replaces the spacing rule with an explicit descending list of table indices
+  (diffusers' `set_timesteps(timesteps=...)`, e.g. DeepFloyd IF's `fast27_timesteps`); a sampler
+  then has to take exactly that many steps. `trained_betas` replaces the named β table (diffusers'
+  option of the same name); `num_timesteps` must then be its length.
   """
 
   beta_schedule: BetaSchedule = "linear"
@@ -164,16 +173,44 @@ class DiscreteSchedule:
   beta_start: float = 1e-4
   beta_end: float = 0.02
   spacing: Spacing = "linspace"
+  steps_offset: int = 0
+  custom_timesteps: tuple[int, ...] | None = None
+  trained_betas: tuple[float, ...] | None = None
 
   def __post_init__(self):
     ddpm_betas(self.beta_schedule, 2)  # validates the name
     if self.spacing not in ("linspace", "leading", "trailing"):
       raise ValueError(f"unknown spacing {self.spacing!r}; choose 'linspace', 'leading' or "
                        "'trailing'")
+    if not isinstance(self.steps_offset, (int, np.integer)) or self.steps_offset < 0:
+      raise ValueError(f"steps_offset must be a non-negative integer, got {self.steps_offset!r}")
+    if self.trained_betas is not None:
+      if not isinstance(self.trained_betas, tuple):
+        raise ValueError("trained_betas must be a tuple of floats (hashable: the schedule is a "
+                         f"static argument of jit), got {type(self.trained_betas).__name__}")
+      if len(self.trained_betas) != self.num_timesteps:
+        raise ValueError(f"trained_betas has {len(self.trained_betas)} entries but num_timesteps "
+                         f"is {self.num_timesteps}: they must agree")
+      betas = np.asarray(self.trained_betas, np.float64)
+      if not np.all((betas > 0) & (betas < 1)):
+        raise ValueError("trained_betas must lie in (0, 1)")
+    if self.custom_timesteps is not None:
+      ts = self.custom_timesteps
+      if not isinstance(ts, tuple) or not ts or not all(
+          isinstance(t, (int, np.integer)) for t in ts):
+        raise ValueError("custom_timesteps must be a non-empty tuple of ints (hashable: the "
+                         f"schedule is a static argument of jit), got {ts!r}")
+      if any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= self.num_timesteps:
+        raise ValueError(f"custom_timesteps must be strictly descending table indices in [0, "
+                         f"{self.num_timesteps}), got {ts!r}")
+
+  def betas(self) -> np.ndarray:
+    if self.trained_betas is not None:
+      return np.asarray(self.trained_betas, np.float64)
+    return ddpm_betas(self.beta_schedule, self.num_timesteps, self.beta_start, self.beta_end)
 
   def alphas_cumprod(self) -> np.ndarray:
-    betas = ddpm_betas(self.beta_schedule, self.num_timesteps, self.beta_start, self.beta_end)
-    return np.cumprod(1.0 - betas)
+    return np.cumprod(1.0 - self.betas())
 
   def logsnr_table(self) -> np.ndarray:
     return logsnr_from_alphas_cumprod(self.alphas_cumprod())
@@ -189,6 +226,12 @@ class DiscreteSchedule:
   def timesteps(self, num_steps: int, spacing: Spacing | None = None) -> np.ndarray:
     """Integer table indices visited by a sampler, noisy first (diffusers' conventions)."""
     n = self.num_timesteps
+    if self.custom_timesteps is not None and spacing is None:
+      if num_steps != len(self.custom_timesteps):
+        raise ValueError(f"this schedule carries {len(self.custom_timesteps)} custom timesteps, "
+                         f"so a sampler on it takes exactly {len(self.custom_timesteps)} steps; "
+                         f"got num_steps={num_steps}")
+      return np.asarray(self.custom_timesteps, np.int64)
     spacing = spacing or self.spacing
     if not 1 <= num_steps <= n:
       raise ValueError(f"num_steps must be in [1, {n}] for a {n}-step discrete schedule, got "
@@ -196,7 +239,12 @@ class DiscreteSchedule:
     if spacing == "linspace":  # DPMSolverMultistepScheduler's default
       return np.linspace(0, n - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
     if spacing == "leading":  # DDIMScheduler's / DDPMScheduler's default
-      return (np.arange(num_steps) * (n // num_steps)).round()[::-1].astype(np.int64)
+      steps = (np.arange(num_steps) * (n // num_steps)).round()[::-1].astype(np.int64)
+      steps = steps + self.steps_offset
+      if steps[0] >= n:
+        raise ValueError(f"steps_offset {self.steps_offset} pushes the first of {num_steps} "
+                         f"'leading' timesteps to {steps[0]}, past the table's last index {n - 1}")
+      return steps
     if spacing == "trailing":
       return np.arange(n, 0, -n / num_steps).round().astype(np.int64) - 1
     raise ValueError(f"unknown spacing {spacing!r}; choose 'linspace', 'leading' or 'trailing'")
