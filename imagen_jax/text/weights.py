@@ -127,16 +127,21 @@ def _iter_checkpoint(path: Path) -> Iterator[tuple[str, Callable[[], np.ndarray]
     yield from reader(path / shard)
 
 
-def read_config(path: str | os.PathLike[str]) -> T5Config:
-  """The `T5Config` of a Hugging Face checkpoint directory."""
+def read_config_json(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+  """The `config.json` dict of a checkpoint directory (`kind` names it in errors)."""
   path = Path(path)
   if not path.is_dir():
-    raise FileNotFoundError(f"T5 checkpoint directory not found: {path}")
+    raise FileNotFoundError(f"{kind} directory not found: {path}")
   config_file = path / "config.json"
   if not config_file.is_file():
     present = sorted(p.name for p in path.iterdir())
     raise FileNotFoundError(f"no config.json in {path} (found {present})")
-  return T5Config.from_hf_dict(json.loads(config_file.read_text()))
+  return json.loads(config_file.read_text())
+
+
+def read_config(path: str | os.PathLike[str]) -> T5Config:
+  """The `T5Config` of a Hugging Face checkpoint directory."""
+  return T5Config.from_hf_dict(read_config_json(path, "T5 checkpoint"))
 
 
 def load_t5_encoder(path: str | os.PathLike[str],

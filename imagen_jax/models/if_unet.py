@@ -1,0 +1,743 @@
+"""DeepFloyd IF's U-Net (stage I, 64 px, and the super-resolution stages) in Flax, NHWC.
+
+DeepFloyd IF ships its stages as diffusers `UNet2DConditionModel`s. This module reproduces exactly
+the subset of that class the IF configurations use, so IF's released weights (read by
+`imagen_jax.models.if_weights.load_if_unet`) give diffusers' outputs:
+
+    cfg, params = load_if_unet("IF-I-XL-v1.0/unet")
+    out = IFUNet(cfg).apply({"params": params}, x_t, timesteps, text,
+                            encoder_attention_mask=None, class_labels=None)
+
+Inputs: `sample` (B, H, W, in_channels) — stage II's 6 channels are the noisy image and the
+upsampled low-res image, concatenated by the caller as IF's pipeline does; `timesteps` (B,)
+(integer or fractional, a scalar broadcasts); `encoder_hidden_states` (B, L, encoder_hid_dim) — the
+T5 embeddings; optional `encoder_attention_mask` (B, L) (bool or 0/1, 1 = keep); `class_labels`
+(B,) — the noise level of the low-res image, for stages with `class_embed_type="timestep"`.
+Output: (B, H, W, out_channels), float32; IF's 6 channels are ε and the learned-range variance.
+
+The network, as diffusers computes it (diffusers module names in quotes, which are also our
+parameter paths, with list indices joined by '_': `down_blocks_0/resnets_1/conv1/kernel`):
+
+  * embedding: sinusoidal features of the timestep ("time_proj", width block_out_channels[0]) →
+    "time_embedding" (Linear, act, Linear). Stage II adds "class_embedding" (the same MLP shape)
+    of the sinusoidal features of `class_labels`. With `addition_embed_type="text"` the raw text
+    goes through "add_embedding" (LayerNorm → attention pooling with a learned query offset →
+    Linear → LayerNorm) and is added too; then the optional "time_embed_act".
+  * "encoder_hid_proj": a Linear from the T5 width to `cross_attention_dim`; its output is the
+    context of every attention block (the pooled embedding above reads the text *before* it).
+  * "conv_in", then down blocks. `ResnetDownsampleBlock2D` is N ResnetBlock2Ds;
+    `SimpleCrossAttnDownBlock2D` follows each ResnetBlock2D with an attention block. Both
+    downsample (but the last level) through one more ResnetBlock2D with `down=True`
+    ("downsamplers_0"), which 2×2 average-pools (no convolution, so no padding question) both its
+    residual and its normalised input before conv1. Every block output is a skip.
+  * "mid_block" (`UNetMidBlock2DSimpleCrossAttn`): resnet, attention, resnet, with
+    `mid_block_scale_factor` as the resnets' output scale.
+  * up blocks: N+1 ResnetBlock2Ds, each on [hidden, skip] concatenated along channels, each
+    followed by attention in `SimpleCrossAttnUpBlock2D`; an `up=True` resnet ("upsamplers_0",
+    nearest-neighbour ×2 of residual and normalised input) but at the last level.
+  * "conv_norm_out" (GroupNorm) → act → "conv_out".
+
+ResnetBlock2D (`resnet_time_scale_shift="scale_shift"`): GroupNorm → act → [resample] → conv1;
+the embedding (after act unless `resnet_skip_time_act`) → "time_emb_proj" → (scale, shift);
+GroupNorm(h)·(1 + scale) + shift → act → conv2; (residual [1×1 "conv_shortcut"] + h) divided by
+the output scale factor (`resnet_out_scale_factor`, IF-II: 1/0.7071).
+
+Attention (diffusers `Attention` with `AttnAddedKVProcessor`): queries from GroupNorm(x)
+("group_norm"); keys and values are the text's ("add_k_proj", "add_v_proj", after the text's own
+GroupNorm "norm_cross" over its channels, 32 groups, when `cross_attention_norm="group_norm"`)
+concatenated with the image's ("to_k", "to_v") — or the text's alone when the block is
+`only_cross_attention` (IF-II); then "to_out_0" and the residual. Heads are
+`attention_head_dim` wide (in diffusers' blocks of this kind the name means the head width).
+
+Epsilons, as diffusers sets them: the resnets' and "conv_norm_out"'s GroupNorms use the config's
+`norm_eps`; the attention's GroupNorms (both) and the text LayerNorms use 1e-5 whatever the
+config says. Activations: `act_fn` is "gelu" in IF — torch's exact erf form, not the tanh
+approximation.
+
+The text mask, exactly as diffusers uses it: a masked token is dropped from the attention keys
+(diffusers adds −10000 to its scores, which float32's exp turns into a weight of exactly 0, as
+our ops' key mask does; the image keys are never masked, so some key is always left), but the
+mask does *not* reach the pooled text embedding (its mean and attention pooling see every token,
+padding included) nor the text GroupNorm (whose statistics include the padded tokens). diffusers
+cannot apply a mask in an `only_cross_attention` block — its processor pads the mask with the
+image keys such a block does not have and fails with a shape error — so a mask together with
+such a block is a ValueError here. IF's pipelines pass no mask.
+
+Parameters carry logical axis names from the vocabulary of `imagen_jax.models.layers`, so
+`imagen_jax.sharding.param_shardings` shards them like our U-Nets: convolutions ('conv_h',
+'conv_w', 'conv_in', 'conv_out'); attention projections ('embed', 'heads'), the text's keys and
+values ('embed_kv', 'heads'), the output ('heads', 'embed'); the embedding MLPs ('cond_in',
+'cond') and the resnets' "time_emb_proj" ('cond', 'embed'); "encoder_hid_proj" ('text_embed',
+'embed_kv'), the pooling's projections ('embed_kv', 'heads') and "proj" ('embed_kv', 'cond');
+norms ('norm',). Our own config fields: `dtype` (compute; GroupNorm statistics, LayerNorms and
+softmax stay float32), `param_dtype`, `remat` (every resnet and attention block under
+`nn.remat`) and `attention_impl` (an op of `imagen_jax.models.attention`).
+
+Everything else a diffusers config can select raises a ValueError from
+`IFUNetConfig.from_diffusers` naming the key, its value and what is supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imagen_jax.models.attention import AttentionImpl, dense, get_attention_op
+from imagen_jax.models.layers import GroupNorm, conv, constrain_image
+
+Array = jax.Array
+DType = Any
+
+RESNET_DOWN = "ResnetDownsampleBlock2D"
+ATTN_DOWN = "SimpleCrossAttnDownBlock2D"
+ATTN_UP = "SimpleCrossAttnUpBlock2D"
+RESNET_UP = "ResnetUpsampleBlock2D"
+MID_BLOCK = "UNetMidBlock2DSimpleCrossAttn"
+DOWN_BLOCK_TYPES = (RESNET_DOWN, ATTN_DOWN)
+UP_BLOCK_TYPES = (ATTN_UP, RESNET_UP)
+
+# diffusers' `Attention` defaults that the IF blocks do not override.
+ATTENTION_NORM_EPS = 1e-5  # `Attention(eps=1e-5)`: its GroupNorm on the image tokens
+CROSS_NORM_GROUPS = 32  # `cross_attention_norm_num_groups`
+CROSS_NORM_EPS = 1e-5
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (TextTimeEmbedding)
+MASK_BIAS = -10000.0  # what diffusers adds to the scores of masked text tokens
+
+
+def gelu_exact(x: Array) -> Array:
+  """torch.nn.GELU() / F.gelu: the erf form."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": gelu_exact, "silu": nn.silu, "swish": nn.silu}
+DTYPES = ("float32", "bfloat16")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+
+# Every argument of diffusers' `UNet2DConditionModel.__init__` (0.42) with its default: a config
+# key that is absent takes this value, as in diffusers.
+DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "sample_size": None, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+    "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                       "CrossAttnUpBlock2D"],
+    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2, "downsample_padding": 1, "mid_block_scale_factor": 1.0,
+    "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 1280, "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None, "attention_head_dim": 8, "num_attention_heads": None,
+    "dual_cross_attention": False, "use_linear_projection": False, "class_embed_type": None,
+    "addition_embed_type": None, "addition_time_embed_dim": None, "num_class_embeds": None,
+    "upcast_attention": False, "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional", "time_embedding_dim": None,
+    "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None,
+    "attention_type": "default", "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None, "cross_attention_norm": None,
+    "addition_embed_type_num_heads": 64,
+}
+
+# Keys whose other values select features IF's U-Nets do not use: only these values are accepted.
+# (Some of them, e.g. use_linear_projection, are not even read by IF's block types; a config that
+# sets them is not an IF config, so it is refused rather than silently reinterpreted.)
+_FIXED_VALUES: dict[str, tuple[Any, ...]] = {
+    "center_input_sample": (False,),
+    "mid_block_type": (MID_BLOCK,),
+    "downsample_padding": (1,),
+    "dropout": (0, 0.0),
+    "transformer_layers_per_block": (1,),
+    "reverse_transformer_layers_per_block": (None,),
+    "num_attention_heads": (None,),
+    "dual_cross_attention": (False,),
+    "use_linear_projection": (False,),
+    "addition_time_embed_dim": (None,),
+    "num_class_embeds": (None,),
+    "upcast_attention": (False,),
+    "resnet_time_scale_shift": ("scale_shift",),
+    "time_embedding_type": ("positional",),
+    "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,),
+    "conv_in_kernel": (3,),
+    "conv_out_kernel": (3,),
+    "projection_class_embeddings_input_dim": (None,),
+    "attention_type": ("default",),
+    "class_embeddings_concat": (False,),
+    "encoder_hid_dim_type": (None, "text_proj"),
+    "class_embed_type": (None, "timestep"),
+    "addition_embed_type": (None, "text"),
+    "cross_attention_norm": (None, "group_norm"),
+    "act_fn": tuple(ACTIVATIONS),
+    "time_embedding_act_fn": (None, *ACTIVATIONS),
+}
+
+
+def _unsupported(key: str, value: Any, supported: str) -> ValueError:
+  return ValueError(f"diffusers config key {key!r} = {value!r} is not supported by IFUNet "
+                    f"(DeepFloyd IF's subset of UNet2DConditionModel); supported: {supported}")
+
+
+def _per_level(key: str, value: Any, n: int, kind: type) -> tuple[Any, ...]:
+  """An int/bool broadcast to the n levels, or a list of n of them."""
+  if isinstance(value, (list, tuple)):
+    if len(value) != n or not all(isinstance(v, kind) for v in value):
+      raise ValueError(f"diffusers config key {key!r} = {value!r} must be one {kind.__name__} or "
+                       f"a list of {n} (one per entry of block_out_channels)")
+    return tuple(value)
+  if not isinstance(value, kind):
+    raise _unsupported(key, value, f"a {kind.__name__} or a list of {n}")
+  return (value,) * n
+
+
+@dataclasses.dataclass(frozen=True)
+class IFUNetConfig:
+  """DeepFloyd IF's U-Net hyper-parameters (diffusers' names); per-level tuples have one entry per
+  level (`block_out_channels`). Build it from a diffusers `unet/config.json` with
+  `IFUNetConfig.from_diffusers`; `to_diffusers()` is the inverse."""
+
+  in_channels: int
+  out_channels: int
+  block_out_channels: tuple[int, ...]
+  down_block_types: tuple[str, ...]
+  up_block_types: tuple[str, ...]
+  layers_per_block: tuple[int, ...]
+  only_cross_attention: tuple[bool, ...]
+  cross_attention_dim: int
+  attention_head_dim: int  # the width of one head
+  encoder_hid_dim: int | None = None  # text width, projected to cross_attention_dim (None: same)
+  mid_block_only_cross_attention: bool = False
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  act_fn: str = "gelu"
+  flip_sin_to_cos: bool = True
+  freq_shift: float = 0.0
+  time_embedding_dim: int | None = None  # None: 4 × block_out_channels[0]
+  time_embedding_act_fn: str | None = None
+  class_embed_type: str | None = None  # 'timestep' (IF-II: the low-res noise level)
+  addition_embed_type: str | None = None  # 'text': pooled text added to the embedding
+  addition_embed_type_num_heads: int = 64
+  cross_attention_norm: str | None = None  # 'group_norm' (IF)
+  resnet_skip_time_act: bool = False
+  resnet_out_scale_factor: float = 1.0
+  mid_block_scale_factor: float = 1.0
+  sample_size: int | tuple[int, int] | None = None  # informational (the training resolution)
+  # Ours, not diffusers':
+  dtype: str = "float32"  # compute dtype ("bfloat16" on TPU)
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialise every resnet / attention block in the backward pass
+  attention_impl: AttentionImpl = "reference"
+
+  def __post_init__(self):
+    for name in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
+                 "only_cross_attention"):  # lists → tuples (hashable: the config is jit-static)
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    n = len(self.block_out_channels)
+    for name in ("down_block_types", "up_block_types", "layers_per_block",
+                 "only_cross_attention"):
+      if len(getattr(self, name)) != n:
+        raise ValueError(f"IFUNetConfig.{name} has {len(getattr(self, name))} entries but there "
+                         f"are {n} levels (block_out_channels={self.block_out_channels})")
+    for name, allowed in (("down_block_types", DOWN_BLOCK_TYPES),
+                          ("up_block_types", UP_BLOCK_TYPES)):
+      for block in getattr(self, name):
+        if block not in allowed:
+          raise _unsupported(name, block, f"block types {list(allowed)}")
+    for name, value, allowed in (
+        ("act_fn", self.act_fn, tuple(ACTIVATIONS)),
+        ("time_embedding_act_fn", self.time_embedding_act_fn, (None, *ACTIVATIONS)),
+        ("class_embed_type", self.class_embed_type, (None, "timestep")),
+        ("addition_embed_type", self.addition_embed_type, (None, "text")),
+        ("cross_attention_norm", self.cross_attention_norm, (None, "group_norm")),
+        ("dtype", self.dtype, DTYPES), ("param_dtype", self.param_dtype, PARAM_DTYPES)):
+      if value not in allowed:
+        raise _unsupported(name, value, repr(list(allowed)))
+    get_attention_op(self.attention_impl)  # raises for an unknown name
+    for level, width in enumerate(self.block_out_channels):
+      if width % self.norm_num_groups:
+        raise ValueError(f"block_out_channels[{level}] = {width} is not a multiple of "
+                         f"norm_num_groups = {self.norm_num_groups} (GroupNorm needs it)")
+      attn = self.down_block_types[level] == ATTN_DOWN or (
+          self.up_block_types[n - 1 - level] == ATTN_UP)
+      if (attn or level == n - 1) and width % self.attention_head_dim:
+        raise ValueError(f"block_out_channels[{level}] = {width} is not a multiple of "
+                         f"attention_head_dim = {self.attention_head_dim} (the head width)")
+    if self.cross_attention_norm == "group_norm" and self.cross_attention_dim % CROSS_NORM_GROUPS:
+      raise ValueError(f"cross_attention_norm='group_norm' normalises the text in "
+                       f"{CROSS_NORM_GROUPS} groups, but cross_attention_dim = "
+                       f"{self.cross_attention_dim} is not a multiple of {CROSS_NORM_GROUPS}")
+    if self.addition_embed_type == "text" and self.text_dim % self.addition_embed_type_num_heads:
+      raise ValueError(f"the text width {self.text_dim} is not a multiple of "
+                       f"addition_embed_type_num_heads = {self.addition_embed_type_num_heads}")
+
+  @property
+  def levels(self) -> int:
+    return len(self.block_out_channels)
+
+  @property
+  def time_embed_dim(self) -> int:
+    return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+  @property
+  def text_dim(self) -> int:
+    """Width of `encoder_hidden_states` (the T5 width)."""
+    return self.encoder_hid_dim or self.cross_attention_dim
+
+  @property
+  def downsampling(self) -> int:
+    """Total spatial reduction: inputs must be multiples of this."""
+    return 2 ** (self.levels - 1)
+
+  @property
+  def has_only_cross_attention(self) -> bool:
+    """Whether some attention block attends to the text alone (where masks are not defined)."""
+    down = any(o for o, t in zip(self.only_cross_attention, self.down_block_types)
+               if t == ATTN_DOWN)
+    up = any(o for o, t in zip(reversed(self.only_cross_attention), self.up_block_types)
+             if t == ATTN_UP)
+    return down or up or self.mid_block_only_cross_attention
+
+  @classmethod
+  def from_diffusers(cls, config: Mapping[str, Any], **overrides: Any) -> IFUNetConfig:
+    """Validates a diffusers `UNet2DConditionModel` config dict (`unet/config.json`) and converts
+    it; `overrides` set fields of the result (e.g. dtype="bfloat16", remat=True)."""
+    unknown = {k for k in config if not k.startswith("_")} - set(DIFFUSERS_DEFAULTS)
+    if unknown:
+      raise ValueError(f"unknown diffusers UNet2DConditionModel config keys {sorted(unknown)}; "
+                       f"IFUNet knows the arguments of diffusers 0.42's UNet2DConditionModel")
+    c = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for key, allowed in _FIXED_VALUES.items():
+      if c[key] not in allowed or isinstance(c[key], bool) != isinstance(allowed[0], bool):
+        raise _unsupported(key, c[key], " or ".join(map(repr, allowed)))
+    if c["encoder_hid_dim_type"] == "text_proj" and c["encoder_hid_dim"] is None:
+      raise ValueError("encoder_hid_dim_type='text_proj' needs encoder_hid_dim (the text width)")
+    if c["encoder_hid_dim_type"] is None and c["encoder_hid_dim"] is not None:
+      c["encoder_hid_dim_type"] = "text_proj"  # as diffusers registers it
+    for key in ("norm_num_groups", "cross_attention_dim", "attention_head_dim", "in_channels",
+                "out_channels"):
+      if not isinstance(c[key], int) or isinstance(c[key], bool):
+        raise _unsupported(key, c[key], "an int")
+    channels = c["block_out_channels"]
+    if not isinstance(channels, (list, tuple)) or not all(isinstance(w, int) for w in channels):
+      raise _unsupported("block_out_channels", channels, "a list of ints")
+    n = len(channels)
+    for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES),
+                         ("up_block_types", UP_BLOCK_TYPES)):
+      blocks = c[key]
+      if not isinstance(blocks, (list, tuple)) or len(blocks) != n:
+        raise ValueError(f"diffusers config key {key!r} = {blocks!r} must list {n} block types "
+                         f"(one per entry of block_out_channels)")
+      for block in blocks:
+        if block not in allowed:
+          raise _unsupported(key, block, f"block types {list(allowed)}")
+    only_cross = c["only_cross_attention"]
+    mid_only_cross = c["mid_block_only_cross_attention"]
+    if mid_only_cross is None:  # diffusers: follows a bool only_cross_attention, else False
+      mid_only_cross = only_cross if isinstance(only_cross, bool) else False
+    if not isinstance(mid_only_cross, bool):
+      raise _unsupported("mid_block_only_cross_attention", mid_only_cross, "None or a bool")
+    time_dim = c["time_embedding_dim"]
+    if time_dim is not None and not isinstance(time_dim, int):
+      raise _unsupported("time_embedding_dim", time_dim, "None or an int")
+    cfg = cls(
+        in_channels=c["in_channels"], out_channels=c["out_channels"],
+        block_out_channels=tuple(channels), down_block_types=tuple(c["down_block_types"]),
+        up_block_types=tuple(c["up_block_types"]),
+        layers_per_block=_per_level("layers_per_block", c["layers_per_block"], n, int),
+        only_cross_attention=_per_level("only_cross_attention", only_cross, n, bool),
+        cross_attention_dim=c["cross_attention_dim"],
+        attention_head_dim=c["attention_head_dim"], encoder_hid_dim=c["encoder_hid_dim"],
+        mid_block_only_cross_attention=mid_only_cross, norm_num_groups=c["norm_num_groups"],
+        norm_eps=float(c["norm_eps"]), act_fn=c["act_fn"],
+        flip_sin_to_cos=bool(c["flip_sin_to_cos"]), freq_shift=float(c["freq_shift"]),
+        time_embedding_dim=time_dim, time_embedding_act_fn=c["time_embedding_act_fn"],
+        class_embed_type=c["class_embed_type"], addition_embed_type=c["addition_embed_type"],
+        addition_embed_type_num_heads=int(c["addition_embed_type_num_heads"]),
+        cross_attention_norm=c["cross_attention_norm"],
+        resnet_skip_time_act=bool(c["resnet_skip_time_act"]),
+        resnet_out_scale_factor=float(c["resnet_out_scale_factor"]),
+        mid_block_scale_factor=float(c["mid_block_scale_factor"]),
+        sample_size=tuple(c["sample_size"]) if isinstance(c["sample_size"], (list, tuple))
+        else c["sample_size"])
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if set(overrides) - fields:
+      raise ValueError(f"unknown IFUNetConfig fields {sorted(set(overrides) - fields)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+  def to_diffusers(self) -> dict[str, Any]:
+    """The diffusers `UNet2DConditionModel` config dict of this U-Net (every key explicit)."""
+    c = dict(DIFFUSERS_DEFAULTS)
+    c.update(
+        sample_size=list(self.sample_size) if isinstance(self.sample_size, tuple)
+        else self.sample_size, in_channels=self.in_channels,
+        out_channels=self.out_channels, block_out_channels=list(self.block_out_channels),
+        down_block_types=list(self.down_block_types), up_block_types=list(self.up_block_types),
+        mid_block_type=MID_BLOCK, layers_per_block=list(self.layers_per_block),
+        only_cross_attention=list(self.only_cross_attention),
+        mid_block_only_cross_attention=self.mid_block_only_cross_attention,
+        cross_attention_dim=self.cross_attention_dim, attention_head_dim=self.attention_head_dim,
+        encoder_hid_dim=self.encoder_hid_dim,
+        encoder_hid_dim_type="text_proj" if self.encoder_hid_dim is not None else None,
+        norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps, act_fn=self.act_fn,
+        flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift,
+        time_embedding_dim=self.time_embedding_dim,
+        time_embedding_act_fn=self.time_embedding_act_fn,
+        class_embed_type=self.class_embed_type, addition_embed_type=self.addition_embed_type,
+        addition_embed_type_num_heads=self.addition_embed_type_num_heads,
+        cross_attention_norm=self.cross_attention_norm, resnet_time_scale_shift="scale_shift",
+        resnet_skip_time_act=self.resnet_skip_time_act,
+        resnet_out_scale_factor=self.resnet_out_scale_factor,
+        mid_block_scale_factor=self.mid_block_scale_factor)
+    return {"_class_name": "UNet2DConditionModel", **c}
+
+
+def timestep_features(t: Array, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> Array:
+  """diffusers' `Timesteps` / `get_timestep_embedding`: (B,) → (B, dim), float32.
+
+  The frequencies are constants computed as torch computes them in float32 — the exponent in
+  float32, its exp correctly rounded (float64 then rounded; numpy's and XLA's float32 exp differ
+  from torch's by an ulp on some entries, which at t ≈ 1000 moves a phase by up to 6e-5)."""
+  half = dim // 2
+  exponent = np.float32(-math.log(10000)) * np.arange(half, dtype=np.float32)
+  exponent = exponent / np.float32(half - freq_shift)
+  freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def torch_layer_norm(param_dtype: DType, name: str) -> nn.LayerNorm:
+  """torch.nn.LayerNorm (ε = 1e-5, two-pass variance) in float32, with named parameters."""
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=jnp.float32,
+                      param_dtype=param_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+class TimestepEmbedding(nn.Module):
+  """diffusers' `TimestepEmbedding`: Linear ("linear_1") → act → Linear ("linear_2")."""
+
+  features: int
+  act_fn: str
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(self.features, ("cond_in", "cond"), name="linear_1", **kw)(x.astype(self.dtype))
+    return dense(self.features, ("cond_in", "cond"), name="linear_2", **kw)(
+        ACTIVATIONS[self.act_fn](h))
+
+
+class AttentionPooling(nn.Module):
+  """diffusers' (= DeepFloyd IF's) `AttentionPooling`: one query — the tokens' mean plus a learned
+  offset ("positional_embedding") — attends over [that query token, tokens]; no output
+  projection. Every token is pooled (there is no mask)."""
+
+  heads: int
+  impl: AttentionImpl = "reference"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, _, width = x.shape
+    pos = self.param("positional_embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(width ** -0.5), (None, "embed_kv")), (1, width), self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    proj = lambda name: dense(width, ("embed_kv", "heads"), name=name, **kw)
+    query_token = jnp.mean(x, axis=1, keepdims=True) + pos.astype(x.dtype)  # (B, 1, C)
+    tokens = jnp.concatenate([query_token, x], axis=1)
+    split = lambda t: t.reshape(t.shape[:2] + (self.heads, width // self.heads))
+    q = split(proj("q_proj")(query_token))
+    k, v = split(proj("k_proj")(tokens)), split(proj("v_proj")(tokens))
+    return get_attention_op(self.impl)(q, k, v).reshape(b, width)
+
+
+class TextTimeEmbedding(nn.Module):
+  """diffusers' `TextTimeEmbedding` ("add_embedding"): LayerNorm ("norm1") → AttentionPooling
+  ("pool") → Linear ("proj") → LayerNorm ("norm2"); (B, L, C_text) → (B, features)."""
+
+  features: int
+  heads: int
+  impl: AttentionImpl = "reference"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, text: Array) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = torch_layer_norm(self.param_dtype, "norm1")(text.astype(jnp.float32)).astype(self.dtype)
+    h = AttentionPooling(self.heads, self.impl, name="pool", **kw)(h)
+    h = dense(self.features, ("embed_kv", "cond"), name="proj", **kw)(h)
+    return torch_layer_norm(self.param_dtype, "norm2")(h).astype(self.dtype)
+
+
+def _avg_pool_2x2(x: Array) -> Array:
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
+
+
+def _nearest_2x(x: Array) -> Array:
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ResnetBlock2D(nn.Module):
+  """diffusers' `ResnetBlock2D` with `time_embedding_norm="scale_shift"` (see the module
+  docstring); `resample` 'down' / 'up' is its `down=True` (2×2 average pool) / `up=True`
+  (nearest ×2) form, applied to the residual and to the normalised input before conv1."""
+
+  features: int
+  groups: int
+  eps: float
+  act_fn: str
+  skip_time_act: bool = False
+  output_scale_factor: float = 1.0
+  resample: str | None = None
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array) -> Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    act = ACTIVATIONS[self.act_fn]
+    h = act(GroupNorm(self.groups, self.eps, name="norm1", **kw)(x))
+    if self.resample == "down":
+      x, h = _avg_pool_2x2(x), _avg_pool_2x2(h)
+    elif self.resample == "up":
+      x, h = _nearest_2x(x), _nearest_2x(h)
+    elif self.resample is not None:
+      raise ValueError(f"unknown resample {self.resample!r}; choose None, 'down' or 'up'")
+    h = conv(self.features, 3, name="conv1", **kw)(h)
+    t = temb if self.skip_time_act else act(temb)
+    t = dense(2 * self.features, ("cond", "embed"), name="time_emb_proj", **kw)(t)
+    scale, shift = jnp.split(t[:, None, None, :].astype(self.dtype), 2, axis=-1)
+    h = GroupNorm(self.groups, self.eps, name="norm2", **kw)(h) * (1 + scale) + shift
+    h = conv(self.features, 3, name="conv2", **kw)(act(h))
+    if x.shape[-1] != self.features:
+      x = conv(self.features, 1, name="conv_shortcut", **kw)(x)
+    return constrain_image((x.astype(self.dtype) + h) / self.output_scale_factor)
+
+
+class AddedKVAttention(nn.Module):
+  """diffusers' `Attention(added_kv_proj_dim=…)` with `AttnAddedKVProcessor` (see the module
+  docstring). `context` (B, L, C_ctx), `mask` (B, L) bool (True = keep) or None."""
+
+  head_dim: int
+  groups: int
+  only_cross_attention: bool = False
+  cross_attention_norm: bool = True
+  impl: AttentionImpl = "reference"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array, mask: Array | None) -> Array:
+    b, hgt, wid, c = x.shape
+    heads = c // self.head_dim
+    inner = heads * self.head_dim
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.cross_attention_norm:
+      context = GroupNorm(CROSS_NORM_GROUPS, CROSS_NORM_EPS, name="norm_cross", **kw)(context)
+    h = GroupNorm(self.groups, ATTENTION_NORM_EPS, name="group_norm", **kw)(x)
+    h = h.reshape(b, hgt * wid, c)
+    split = lambda t: t.reshape(t.shape[:2] + (heads, self.head_dim))
+    proj = lambda axes, name: dense(inner, axes, name=name, **kw)
+    q = split(proj(("embed", "heads"), "to_q")(h))
+    k = split(proj(("embed_kv", "heads"), "add_k_proj")(context))
+    v = split(proj(("embed_kv", "heads"), "add_v_proj")(context))
+    if self.only_cross_attention:
+      if mask is not None:
+        raise ValueError("an encoder_attention_mask cannot be applied in an only_cross_attention "
+                         "block (diffusers fails there too); pass encoder_attention_mask=None")
+    else:  # text keys first, then the image's own (never masked), as diffusers concatenates
+      k = jnp.concatenate([k, split(proj(("embed", "heads"), "to_k")(h))], axis=1)
+      v = jnp.concatenate([v, split(proj(("embed", "heads"), "to_v")(h))], axis=1)
+      if mask is not None:
+        mask = jnp.concatenate([mask, jnp.ones((b, hgt * wid), bool)], axis=1)
+    out = get_attention_op(self.impl)(q, k, v, mask).reshape(b, hgt * wid, inner)
+    out = dense(c, ("heads", "embed"), name="to_out_0", **kw)(out)
+    return constrain_image(x.astype(self.dtype) + out.reshape(b, hgt, wid, c))
+
+
+class _Blocks:
+  """The resnet and attention constructors of one U-Net (rematerialised when cfg.remat)."""
+
+  def __init__(self, cfg: IFUNetConfig):
+    self.cfg = cfg
+    self.kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    self.resnet_cls = nn.remat(ResnetBlock2D) if cfg.remat else ResnetBlock2D
+    self.attention_cls = nn.remat(AddedKVAttention) if cfg.remat else AddedKVAttention
+
+  def resnet(self, features: int, name: str, scale: float, resample: str | None = None):
+    cfg = self.cfg
+    return self.resnet_cls(features, cfg.norm_num_groups, cfg.norm_eps, cfg.act_fn,
+                           skip_time_act=cfg.resnet_skip_time_act, output_scale_factor=scale,
+                           resample=resample, name=name, **self.kw)
+
+  def attention(self, only_cross: bool, name: str):
+    cfg = self.cfg
+    return self.attention_cls(cfg.attention_head_dim, cfg.norm_num_groups,
+                              only_cross_attention=only_cross,
+                              cross_attention_norm=cfg.cross_attention_norm == "group_norm",
+                              impl=cfg.attention_impl, name=name, **self.kw)
+
+
+class DownBlock(nn.Module):
+  """`ResnetDownsampleBlock2D` / `SimpleCrossAttnDownBlock2D` of one level; returns the hidden
+  state and the skips it leaves."""
+
+  config: IFUNetConfig
+  level: int
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array, context: Array, mask: Array | None
+               ) -> tuple[Array, list[Array]]:
+    cfg, level = self.config, self.level
+    blocks = _Blocks(cfg)
+    width, scale = cfg.block_out_channels[level], cfg.resnet_out_scale_factor
+    skips = []
+    for j in range(cfg.layers_per_block[level]):
+      x = blocks.resnet(width, f"resnets_{j}", scale)(x, temb)
+      if cfg.down_block_types[level] == ATTN_DOWN:
+        x = blocks.attention(cfg.only_cross_attention[level], f"attentions_{j}")(x, context, mask)
+      skips.append(x)
+    if level < cfg.levels - 1:
+      x = blocks.resnet(width, "downsamplers_0", scale, "down")(x, temb)
+      skips.append(x)
+    return x, skips
+
+
+class MidBlock(nn.Module):
+  """`UNetMidBlock2DSimpleCrossAttn`: resnet, attention, resnet (output scale
+  `mid_block_scale_factor`)."""
+
+  config: IFUNetConfig
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array, context: Array, mask: Array | None) -> Array:
+    cfg = self.config
+    blocks = _Blocks(cfg)
+    width, scale = cfg.block_out_channels[-1], cfg.mid_block_scale_factor
+    x = blocks.resnet(width, "resnets_0", scale)(x, temb)
+    x = blocks.attention(cfg.mid_block_only_cross_attention, "attentions_0")(x, context, mask)
+    return blocks.resnet(width, "resnets_1", scale)(x, temb)
+
+
+class UpBlock(nn.Module):
+  """`SimpleCrossAttnUpBlock2D` / `ResnetUpsampleBlock2D` of up-block `index` (0 = the lowest
+  resolution); consumes `layers_per_block + 1` skips, the last one first."""
+
+  config: IFUNetConfig
+  index: int
+
+  @nn.compact
+  def __call__(self, x: Array, skips: list[Array], temb: Array, context: Array,
+               mask: Array | None) -> Array:
+    cfg, i = self.config, self.index
+    blocks = _Blocks(cfg)
+    level = cfg.levels - 1 - i
+    width, scale = cfg.block_out_channels[level], cfg.resnet_out_scale_factor
+    for j in range(cfg.layers_per_block[level] + 1):
+      x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
+      x = blocks.resnet(width, f"resnets_{j}", scale)(x, temb)
+      if cfg.up_block_types[i] == ATTN_UP:
+        x = blocks.attention(cfg.only_cross_attention[level], f"attentions_{j}")(x, context, mask)
+    if i < cfg.levels - 1:
+      x = blocks.resnet(width, "upsamplers_0", scale, "up")(x, temb)
+    return x
+
+
+class IFUNet(nn.Module):
+  """DeepFloyd IF's U-Net (see the module docstring)."""
+
+  config: IFUNetConfig
+
+  @nn.compact
+  def __call__(self, sample: Array, timesteps: Array, encoder_hidden_states: Array,
+               encoder_attention_mask: Array | None = None,
+               class_labels: Array | None = None) -> Array:
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    b = sample.shape[0]
+    self._check_inputs(sample, encoder_hidden_states, encoder_attention_mask, class_labels)
+
+    # 1. Embedding: time, + class (the SR stages' noise level), + pooled text; then its act.
+    timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
+    features = lambda t: timestep_features(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos,
+                                           cfg.freq_shift).astype(dtype)
+    emb = TimestepEmbedding(cfg.time_embed_dim, cfg.act_fn, name="time_embedding", **kw)(
+        features(timesteps))
+    if cfg.class_embed_type == "timestep":
+      labels = jnp.broadcast_to(jnp.asarray(class_labels), (b,))
+      emb = emb + TimestepEmbedding(cfg.time_embed_dim, cfg.act_fn, name="class_embedding",
+                                    **kw)(features(labels))
+    text = encoder_hidden_states.astype(dtype)
+    if cfg.addition_embed_type == "text":  # reads the text before encoder_hid_proj, unmasked
+      emb = emb + TextTimeEmbedding(cfg.time_embed_dim, cfg.addition_embed_type_num_heads,
+                                    cfg.attention_impl, name="add_embedding", **kw)(text)
+    if cfg.time_embedding_act_fn is not None:
+      emb = ACTIVATIONS[cfg.time_embedding_act_fn](emb)
+    if cfg.encoder_hid_dim is not None:
+      text = dense(cfg.cross_attention_dim, ("text_embed", "embed_kv"), name="encoder_hid_proj",
+                   **kw)(text)
+    mask = None if encoder_attention_mask is None else encoder_attention_mask.astype(bool)
+
+    # 2. The U.
+    x = constrain_image(conv(cfg.block_out_channels[0], 3, name="conv_in", **kw)(
+        sample.astype(dtype)))
+    skips = [x]
+    for level in range(cfg.levels):
+      x, level_skips = DownBlock(cfg, level, name=f"down_blocks_{level}")(x, emb, text, mask)
+      skips.extend(level_skips)
+    x = MidBlock(cfg, name="mid_block")(x, emb, text, mask)
+    for i in range(cfg.levels):
+      x = UpBlock(cfg, i, name=f"up_blocks_{i}")(x, skips, emb, text, mask)
+    act = ACTIVATIONS[cfg.act_fn]
+    x = act(GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out", **kw)(x))
+    return conv(cfg.out_channels, 3, name="conv_out", **kw)(x).astype(jnp.float32)
+
+  def _check_inputs(self, sample, text, mask, class_labels) -> None:
+    cfg = self.config
+    b, hgt, wid, channels = sample.shape
+    if channels != cfg.in_channels:
+      raise ValueError(f"sample has {channels} channels but the U-Net takes in_channels = "
+                       f"{cfg.in_channels} (NHWC input expected; stage II takes the noisy image "
+                       f"and the upsampled low-res image concatenated)")
+    if hgt % cfg.downsampling or wid % cfg.downsampling:
+      raise ValueError(f"image size {hgt}×{wid} is not a multiple of {cfg.downsampling}, the "
+                       f"U-Net's total downsampling ({cfg.levels} levels)")
+    if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
+      raise ValueError(f"encoder_hidden_states has shape {text.shape}; expected ({b}, L, "
+                       f"{cfg.text_dim}) (the text encoder's width)")
+    if mask is not None:
+      if mask.shape != text.shape[:2]:
+        raise ValueError(f"encoder_attention_mask has shape {mask.shape}; expected "
+                         f"{text.shape[:2]} (batch, text length)")
+      if cfg.has_only_cross_attention:
+        raise ValueError(
+            "encoder_attention_mask was given, but this U-Net has only_cross_attention blocks "
+            "(e.g. DeepFloyd IF stage II), where diffusers cannot apply a mask: its "
+            "AttnAddedKVProcessor pads the mask for image keys those blocks do not have and "
+            "fails with a shape error. Pass encoder_attention_mask=None, as IF's pipelines do.")
+    if cfg.class_embed_type is not None and class_labels is None:
+      raise ValueError("this U-Net has a class embedding (class_embed_type='timestep': the "
+                       "noise level of the low-res image); pass class_labels (B,)")
+    if cfg.class_embed_type is None and class_labels is not None:
+      raise ValueError("class_labels were given but this U-Net has no class embedding "
+                       "(class_embed_type=None); pass class_labels=None")
