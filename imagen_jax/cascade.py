@@ -11,6 +11,14 @@ A workdir holds one folder per stage (`base64`, `sr256`, `sr1024`, or any `confi
 encoder the stages were trained with (`config.text.encoder`, or the embedded tiny T5 in
 `W/text/default_t5`), and its fingerprint is checked against the training cache. Every stage's
 sampler is compiled once per batch shape and reused (the guidance weight is a traced argument).
+
+A stage is anything with the small interface of `CascadeStage`: its name, resolution and
+low-resolution input size, parameters, and what sampling it needs — its denoiser, schedule,
+prediction and sampler config for given `SamplingOptions` (`StageSampling`), its unconditional
+(null) conditioning for classifier-free guidance, and its conditioning on the previous stage's
+images. `Stage` is a stage trained here; DeepFloyd IF's released stages
+(`imagen_jax.pretrained.deepfloyd_if`, `load_if_cascade`) are the other kind. `Cascade.sample` and
+`Cascade.repair` only talk to that interface.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +45,9 @@ from imagen_jax.diffusion import (
   stage_schedule,
   start_index,
 )
+from imagen_jax.diffusion.objectives import DenoiseFn, Prediction
+from imagen_jax.diffusion.samplers import MULTISTEP
+from imagen_jax.diffusion.schedules import AnySchedule
 from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
 from imagen_jax.text.encoder import TextEncoder
@@ -50,17 +61,76 @@ class CascadeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-  """Per-stage sampling settings."""
+  """Per-stage sampling settings; a field left None takes the stage's default.
 
-  guidance_weight: float = 5.0
-  sampler: str = "dpmpp_2m"
-  num_steps: int = 25
-  thresholding: str = "dynamic"  # 'none' | 'static' | 'dynamic'
-  aug_level: float | None = None  # SR stages: noise-augmentation level (None: the config's)
+  Trained stages (`Stage`): guidance weight 5, 'dpmpp_2m', 25 steps, 'dynamic' thresholding, the
+  config's `aug_sample_level` (`TRAINED_STAGE_DEFAULTS`). DeepFloyd IF stages: IF's pipelines' —
+  the scheduler config's sampler (learned-range DDPM) and thresholding, 100 steps at w 7 (stage
+  I) / 50 steps at w 4 with noise level 250 (stage II). `aug_level` (∈ [0, 1]) is the noise-
+  augmentation level of a trained SR stage, `noise_level` (a timestep of its image-noising
+  schedule, 0–999) that of an IF stage II; each kind of stage refuses the other's.
+  """
+
+  guidance_weight: float | None = None
+  sampler: str | None = None  # 'ddpm' | 'ddim' | 'dpmpp_2m' | 'dpmpp_2m_sde'
+  num_steps: int | None = None
+  thresholding: str | None = None  # 'none' | 'static' | 'dynamic'
+  aug_level: float | None = None  # trained SR stages: noise-augmentation level
+  noise_level: int | None = None  # IF stage II: the image-noising scheduler's timestep
+
+  def with_defaults(self, **defaults: Any) -> SamplingOptions:
+    """These options with every None field named in `defaults` set to its default."""
+    return dataclasses.replace(
+        self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
   def sampler_config(self) -> SamplerConfig:
-    return SamplerConfig(self.sampler, num_steps=self.num_steps,
-                         thresholding=Thresholding(self.thresholding))
+    """The sampler config of a trained stage (None fields: `TRAINED_STAGE_DEFAULTS`)."""
+    o = self.with_defaults(**TRAINED_STAGE_DEFAULTS)
+    return SamplerConfig(o.sampler, num_steps=o.num_steps,
+                         thresholding=Thresholding(o.thresholding))
+
+
+TRAINED_STAGE_DEFAULTS = {"guidance_weight": 5.0, "sampler": "dpmpp_2m", "num_steps": 25,
+                          "thresholding": "dynamic"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSampling:
+  """What `jit_sample` / `jit_repair_sample` need to sample one stage with some options.
+  `denoiser` is hashable (a static argument: equal objects share one compiled sampler)."""
+
+  denoiser: DenoiseFn
+  schedule: AnySchedule
+  config: SamplerConfig
+  prediction: Prediction
+  guidance_weight: float
+
+
+class CascadeStage(Protocol):
+  """The interface `Cascade` samples a stage through (`Stage`, or an IF stage)."""
+
+  name: str
+  params: Any
+
+  @property
+  def resolution(self) -> int: ...  # output size (square)
+
+  @property
+  def lowres_resolution(self) -> int: ...  # input size of an SR stage; 0 for a base stage
+
+  @property
+  def text_dim(self) -> int: ...  # width of the text embeddings it is conditioned on
+
+  def sampling(self, options: SamplingOptions) -> StageSampling:
+    """The sampler for `options` (None fields: this stage's defaults)."""
+
+  def null_cond(self, cond: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The unconditional input of classifier-free guidance, given the conditional one."""
+
+  def lowres_cond(self, lowres: jax.Array, options: SamplingOptions, key: jax.Array
+                  ) -> dict[str, jax.Array]:
+    """An SR stage's conditioning entries for the previous stage's images `lowres` (n,
+    lowres_resolution, lowres_resolution, 3), e.g. noise-augmented with `key`."""
 
 
 @dataclasses.dataclass
@@ -80,6 +150,29 @@ class Stage:
   @property
   def lowres_resolution(self) -> int:
     return self.config.lowres_resolution
+
+  @property
+  def text_dim(self) -> int:
+    return self.unet.text_dim
+
+  def sampling(self, options: SamplingOptions) -> StageSampling:
+    if options.noise_level is not None:
+      raise CascadeError(f"{self.name} is a trained stage: set its noise augmentation with "
+                         "aug_level (in [0, 1]), not noise_level (an IF stage II option)")
+    o = options.with_defaults(**TRAINED_STAGE_DEFAULTS)
+    return StageSampling(UNetDenoiser(self.unet), stage_schedule(self.config.diffusion),
+                         o.sampler_config(), self.config.diffusion.prediction,
+                         o.guidance_weight)
+
+  def null_cond(self, cond: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return null_text(cond)
+
+  def lowres_cond(self, lowres: jax.Array, options: SamplingOptions, key: jax.Array
+                  ) -> dict[str, jax.Array]:
+    level = self.config.diffusion.aug_sample_level if options.aug_level is None else \
+        options.aug_level
+    noised, aug_level = NoiseAugmentation().fixed(lowres, float(level), key)
+    return {"lowres": noised, "aug_level": aug_level}
 
 
 def read_stage_config(stage_dir: Path) -> ml_collections.ConfigDict:
@@ -117,7 +210,7 @@ def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None 
   return Stage(config.stage, config, unet, params, restored_step)
 
 
-def chain_stages(stages: Sequence[Stage]) -> list[Stage]:
+def chain_stages(stages: Sequence[CascadeStage]) -> list[CascadeStage]:
   """Order stages by resolution and check that each SR stage takes its predecessor's output."""
   ordered = sorted(stages, key=lambda s: s.resolution)
   if not ordered:
@@ -129,7 +222,7 @@ def chain_stages(stages: Sequence[Stage]) -> list[Stage]:
     if cur.lowres_resolution != prev.resolution:
       raise CascadeError(f"incompatible stage resolutions: {cur.name} upsamples from "
                          f"{cur.lowres_resolution} px but {prev.name} makes {prev.resolution} px")
-    if cur.unet.text_dim != ordered[0].unet.text_dim:
+    if cur.text_dim != ordered[0].text_dim:
       raise CascadeError(f"{cur.name} and {ordered[0].name} were trained on different text "
                          "encoders (text_dim differs)")
   return ordered
@@ -158,9 +251,10 @@ def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder
 
 @dataclasses.dataclass
 class Cascade:
-  """Stages chained by resolution plus the text encoder."""
+  """Stages chained by resolution plus the text encoder (anything with `encode(prompts)` →
+  (embeddings, mask, tokens), as `TextEncoder`)."""
 
-  stages: list[Stage]
+  stages: list[CascadeStage]
   encoder: TextEncoder
 
   def encode(self, prompts: Sequence[str]) -> dict[str, jax.Array]:
@@ -177,7 +271,10 @@ class Cascade:
     """Images of every stage for the prompts, float32 NHWC in [−1, 1], keyed by stage name.
 
     `lowres` starts the chain at the first SR stage from given images (upscaling); `stages`
-    restricts which stages run (in cascade order).
+    restricts which stages run (in cascade order); `options` maps stage names to
+    `SamplingOptions` (a stage not named samples with its defaults). The i-th stage that runs
+    samples with the key fold_in(key(seed), i) (`jit_sample`'s); an SR stage's conditioning
+    noise is drawn from fold_in(that key, 1).
     """
     options = options or {}
     cond = self.encode(prompts)
@@ -191,15 +288,14 @@ class Cascade:
     previous = None if lowres is None else jnp.asarray(lowres, jnp.float32)
     for i, stage in enumerate(run):
       opts = options.get(stage.name, SamplingOptions())
+      plan = stage.sampling(opts)
       key = jax.random.fold_in(jax.random.key(seed), i)
       stage_cond = self._stage_cond(stage, cond, previous, opts, key)
       size = stage.resolution
-      images = jit_sample(UNetDenoiser(stage.unet), stage.params, (n, size, size, 3), key,
-                          stage_cond, schedule=stage_schedule(stage.config.diffusion),
-                          config=opts.sampler_config(),
-                          prediction=stage.config.diffusion.prediction,
-                          null_cond=null_text(stage_cond),
-                          guidance_weight=jnp.float32(opts.guidance_weight))
+      images = jit_sample(plan.denoiser, stage.params, (n, size, size, 3), key, stage_cond,
+                          schedule=plan.schedule, config=plan.config, prediction=plan.prediction,
+                          null_cond=stage.null_cond(stage_cond),
+                          guidance_weight=jnp.float32(plan.guidance_weight))
       previous = jnp.clip(images, -1.0, 1.0)
       out[stage.name] = np.asarray(previous)
     return out
@@ -246,7 +342,8 @@ class Cascade:
     previous = None
     for i, stage in enumerate(run):
       opts = options.get(stage.name, SamplingOptions())
-      if repaint is not None and opts.sampler.startswith("dpmpp"):
+      plan = stage.sampling(opts)
+      if repaint is not None and plan.config.name in MULTISTEP:
         raise CascadeError(f"RePaint needs an ancestral sampler for {stage.name}: use 'ddpm' "
                            "(or 'ddim')")
       key = jax.random.fold_in(jax.random.key(seed), i)
@@ -257,22 +354,20 @@ class Cascade:
       target = resize_images(image, size)
       keep = None if mask is None else (resize_images(mask, size) <= 0.5).astype(np.float32)
       kwargs = {} if repaint is not None else {
-          "start": jnp.int32(start_index(opts.num_steps, strength))}
-      images = jit_repair_sample(UNetDenoiser(stage.unet), stage.params, target, key,
-                                 stage_cond, keep=keep, repaint=repaint,
-                                 schedule=stage_schedule(stage.config.diffusion),
-                                 config=opts.sampler_config(),
-                                 prediction=stage.config.diffusion.prediction,
-                                 null_cond=null_text(stage_cond),
-                                 guidance_weight=jnp.float32(opts.guidance_weight), **kwargs)
+          "start": jnp.int32(start_index(plan.config.num_steps, strength))}
+      images = jit_repair_sample(plan.denoiser, stage.params, target, key, stage_cond,
+                                 keep=keep, repaint=repaint, schedule=plan.schedule,
+                                 config=plan.config, prediction=plan.prediction,
+                                 null_cond=stage.null_cond(stage_cond),
+                                 guidance_weight=jnp.float32(plan.guidance_weight), **kwargs)
       previous = jnp.clip(images, -1.0, 1.0)
       out[stage.name] = np.asarray(previous)
     return out
 
-  def _stage_cond(self, stage: Stage, cond: dict, previous: jax.Array | None,
+  def _stage_cond(self, stage: CascadeStage, cond: dict, previous: jax.Array | None,
                   opts: SamplingOptions, key: jax.Array) -> dict:
-    """The stage's conditioning: the text, and for an SR stage the previous stage's images,
-    noise-augmented at the sampling level."""
+    """The stage's conditioning: the text, and for an SR stage the previous stage's images as
+    the stage takes them (e.g. noise-augmented at the sampling level)."""
     stage_cond = dict(cond)
     if stage.lowres_resolution:
       if previous is None:
@@ -282,10 +377,7 @@ class Cascade:
       if previous.shape != want:
         raise CascadeError(f"{stage.name} expects low-res inputs of shape {want}, got "
                            f"{tuple(previous.shape)}")
-      level = stage.config.diffusion.aug_sample_level if opts.aug_level is None else \
-          opts.aug_level
-      stage_cond["lowres"], stage_cond["aug_level"] = NoiseAugmentation().fixed(
-          previous, float(level), jax.random.fold_in(key, 1))
+      stage_cond.update(stage.lowres_cond(previous, opts, jax.random.fold_in(key, 1)))
     return stage_cond
 
 

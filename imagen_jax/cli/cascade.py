@@ -1,7 +1,9 @@
 """The commands that use a trained cascade (a workdir with one folder per stage): `sample`
 (text → images), `upscale` (your image through the SR stages), `inpaint` and `img2img` (your image
 repaired from a prompt through every stage) and `eval` (scores on a dataset split). They share the
-sampling flags and write images the same way."""
+sampling flags and write images the same way. All but `eval` also run DeepFloyd IF's released
+stages instead of a workdir: `--pretrained IF-I-XL-v1.0 [--pretrained IF-II-L-v1.0]`
+(`imagen_jax.pretrained.load_if_cascade`); sampling flags left out then take IF's defaults."""
 
 from __future__ import annotations
 
@@ -12,21 +14,36 @@ from imagen_jax.cli.command import Command, ConfigError
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--workdir", required=True, metavar="DIR",
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", metavar="DIR",
                       help="a training workdir with one folder per trained stage")
+  source.add_argument("--pretrained", action="append", metavar="DIR",
+                      help="DeepFloyd IF's stage I directory (diffusers format, e.g. "
+                      "IF-I-XL-v1.0/), then optionally its stage II (--pretrained "
+                      "IF-II-L-v1.0): stages if_I, if_II")
   parser.add_argument("--out", default="samples.png", metavar="PNG",
                       help="the grid (rows: prompts; the last stage's images); individual images "
                       "go next to it, in <out stem>/ (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--guidance", type=float, nargs="+", default=[5.0], metavar="W",
-                      help="classifier-free guidance weight, one for all stages or one per stage")
-  parser.add_argument("--steps", type=int, default=25, help="sampler steps per stage")
-  parser.add_argument("--sampler", default="dpmpp_2m",
-                      choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"))
-  parser.add_argument("--thresholding", default="dynamic", choices=("none", "static", "dynamic"))
+  parser.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
+                      help="classifier-free guidance weight, one for all stages or one per stage "
+                      "(default: 5 for trained stages; IF's 7 and 4)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="sampler steps per stage (default: 25; IF's 100 and 50)")
+  parser.add_argument("--sampler", default=None,
+                      choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"),
+                      help="default: dpmpp_2m; IF's scheduler config's (ddpm)")
+  parser.add_argument("--thresholding", default=None, choices=("none", "static", "dynamic"),
+                      help="default: dynamic; IF's scheduler config's")
   parser.add_argument("--aug-level", type=float, default=None,
                       help="noise-augmentation level of SR inputs (default: each stage's config)")
-  parser.add_argument("--stages", nargs="+", default=None, help="only these stages")
+  parser.add_argument("--noise-level", type=int, default=None,
+                      help="--pretrained: IF stage II's noise level of its upscaled input, a "
+                      "timestep 0-999 (default: IF's 250)")
+  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                      help="--pretrained: parameter dtype of the U-Nets and T5 (default float32; "
+                      "bfloat16 halves their memory)")
+  parser.add_argument("--stages", nargs="+", default=None, help="only these stages (--workdir)")
 
 
 def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,13 +61,33 @@ def _add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
 def _sampling_options(args: argparse.Namespace, stage_names: list[str]) -> dict:
   from imagen_jax.cascade import SamplingOptions
 
-  weights = args.guidance
+  weights = args.guidance or [None]
   if len(weights) not in (1, len(stage_names)):
     raise ConfigError(f"--guidance takes one weight or one per stage ({len(stage_names)}: "
                       f"{stage_names}), got {len(weights)}")
   weights = weights * len(stage_names) if len(weights) == 1 else weights
-  return {name: SamplingOptions(w, args.sampler, args.steps, args.thresholding, args.aug_level)
+  return {name: SamplingOptions(w, args.sampler, args.steps, args.thresholding, args.aug_level,
+                                args.noise_level)
           for name, w in zip(stage_names, weights)}
+
+
+def _load_cascade(args: argparse.Namespace):
+  """The cascade of --workdir (its --stages), or DeepFloyd IF's stages of --pretrained."""
+  from imagen_jax.cascade import load_cascade
+
+  if not args.pretrained:
+    if args.dtype is not None:
+      raise ConfigError("--dtype applies to --pretrained stages (trained stages keep theirs)")
+    return load_cascade(args.workdir, args.stages)
+  if len(args.pretrained) > 2:
+    raise ConfigError(f"--pretrained takes IF's stage I directory and optionally its stage II, "
+                      f"got {len(args.pretrained)} directories")
+  if args.stages:
+    raise ConfigError("--stages selects stages of a --workdir; with --pretrained, give only the "
+                      "stage directories you want")
+  from imagen_jax.pretrained import load_if_cascade
+
+  return load_if_cascade(*args.pretrained, dtype=args.dtype)
 
 
 def _save_outputs(images: dict, prompts: list[str], out: str) -> None:
@@ -73,13 +110,13 @@ def _save_outputs(images: dict, prompts: list[str], out: str) -> None:
 
 
 def _run_sample(args: argparse.Namespace, overrides: list[str]) -> int:
-  from imagen_jax.cascade import CascadeError, load_cascade
+  from imagen_jax.cascade import CascadeError
 
   prompts = [p for p in args.prompts for _ in range(args.num_per_prompt)]
   if not prompts or any(not p.strip() for p in prompts):
     raise ConfigError("empty prompt: give at least one non-empty prompt")
   try:
-    cascade = load_cascade(args.workdir, args.stages)
+    cascade = _load_cascade(args)
     names = [s.name for s in cascade.stages]
     images = cascade.sample(prompts, seed=args.seed, options=_sampling_options(args, names))
   except CascadeError as e:
@@ -92,7 +129,7 @@ def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
   import numpy as np
   from PIL import Image
 
-  from imagen_jax.cascade import CascadeError, load_cascade
+  from imagen_jax.cascade import CascadeError
 
   if not args.prompt.strip():
     raise ConfigError("empty prompt: describe the image with --prompt")
@@ -101,10 +138,11 @@ def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read image {args.image}: {e}") from e
   try:
-    cascade = load_cascade(args.workdir, args.stages)
+    cascade = _load_cascade(args)
     sr = [s for s in cascade.stages if s.lowres_resolution]
     if not sr:
-      raise CascadeError(f"workdir {args.workdir} has no super-resolution stage")
+      source = f"workdir {args.workdir}" if args.workdir else f"--pretrained {args.pretrained}"
+      raise CascadeError(f"{source} has no super-resolution stage")
     size = sr[0].lowres_resolution
     low = np.asarray(picture.resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
     names = [s.name for s in sr]
@@ -145,9 +183,10 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
   import numpy as np
   from PIL import Image
 
-  from imagen_jax.cascade import CascadeError, load_cascade, resize_images
+  from imagen_jax.cascade import TRAINED_STAGE_DEFAULTS, CascadeError, resize_images
   from imagen_jax.data import images as image_ops
   from imagen_jax.diffusion import RePaint
+  from imagen_jax.diffusion.samplers import MULTISTEP
   from imagen_jax.train.metrics import make_grid, to_uint8
 
   if not args.prompt.strip():
@@ -185,12 +224,14 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
       notes.append(f"filling {filled:.1%} of the image")
     if args.repaint:
       repaint = RePaint(*args.repaint)
-      if args.sampler.startswith("dpmpp"):
+      # a trained stage's default sampler is DPM-Solver++; IF's is its scheduler's (DDPM)
+      sampler = args.sampler or ("" if args.pretrained else TRAINED_STAGE_DEFAULTS["sampler"])
+      if sampler in MULTISTEP:
         raise ConfigError("--repaint needs an ancestral sampler: add --sampler ddpm (or ddim)")
       if args.strength != 1.0:
         raise ConfigError("--repaint fills from pure noise: leave --strength at 1")
   try:
-    cascade = load_cascade(args.workdir, args.stages)
+    cascade = _load_cascade(args)
     names = [s.name for s in cascade.stages]
     sizes = [s.resolution for s in cascade.stages]
     if image.shape[0] not in sizes:
@@ -285,7 +326,8 @@ COMMANDS: tuple[Command, ...] = (
             "Encode the prompts with the stages' text encoder, sample the base stage, then each "
             "super-resolution stage conditioned on the previous output (EMA weights; classifier-"
             "free guidance; dynamic thresholding by default). Writes a PNG grid and the "
-            "individual images of every stage."),
+            "individual images of every stage. With --pretrained, DeepFloyd IF's stage I (and "
+            "II) as diffusers' IFPipeline (and IFSuperResolutionPipeline) sample them."),
         add_arguments=_add_sample_arguments,
         run=_run_sample,
         takes_config=False,

@@ -111,12 +111,18 @@ class GroupNorm(nn.Module):
   x·a + b, which XLA fuses with what follows (the ResBlock's scale-shift and SiLU). Measured on
   BENCH-A: the grouped reduction `flax.linen.GroupNorm` lowers to is a strided reduction over a
   (B, H, W, G, C/G) view that runs several times slower than memory bandwidth.
+
+  `two_pass=True` computes the variance as E[(x − E[x])²], one more pass over x, as torch's
+  GroupNorm does: E[x²] − E[x]² cancels catastrophically in float32 when a group's mean is large
+  against its spread — DeepFloyd IF's text norm on the embedding of the negative prompt "",
+  whose 76 padding tokens are nearly identical in each channel.
   """
 
   groups: int = 32
   epsilon: float = 1e-6
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  two_pass: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -139,10 +145,16 @@ class GroupNorm(nn.Module):
     sums = jnp.stack([jnp.sum(x32, axis=spatial), jnp.sum(x32 * x32, axis=spatial)])  # (2, B, C)
     groups_mean = jnp.dot(sums, member, precision=jax.lax.Precision.HIGHEST) / count
     mean, mean_sq = jnp.dot(groups_mean, member.T, precision=jax.lax.Precision.HIGHEST)
-    var = jnp.maximum(mean_sq - mean * mean, 0.0)
+    expand = (slice(None),) + (None,) * len(spatial) + (slice(None),)
+    if self.two_pass:
+      centred = x32 - mean[expand]
+      sq = jnp.dot(jnp.sum(centred * centred, axis=spatial), member,
+                   precision=jax.lax.Precision.HIGHEST) / count
+      var = jnp.dot(sq, member.T, precision=jax.lax.Precision.HIGHEST)
+    else:
+      var = jnp.maximum(mean_sq - mean * mean, 0.0)
     a = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
     b = bias.astype(jnp.float32) - mean * a
-    expand = (slice(None),) + (None,) * len(spatial) + (slice(None),)
     return (x32 * a[expand] + b[expand]).astype(self.dtype)
 
 
