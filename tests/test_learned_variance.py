@@ -12,15 +12,21 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from imagen_jax.diffusion.learned_variance import (LearnedVarianceTables,
-                                                   discretized_gaussian_log_likelihood,
-                                                   hybrid_loss, model_log_variance, normal_kl,
-                                                   q_sample, vb_term)
+from imagen_jax.diffusion.learned_variance import LearnedVarianceTables
+from imagen_jax.diffusion.learned_variance import discretized_gaussian_log_likelihood
+from imagen_jax.diffusion.learned_variance import hybrid_loss as _hybrid_loss
+from imagen_jax.diffusion.learned_variance import model_log_variance, normal_kl
+from imagen_jax.diffusion.learned_variance import q_sample as _q_sample
+from imagen_jax.diffusion.learned_variance import vb_term as _vb_term
 from imagen_jax.diffusion.samplers import learned_range_std
 from imagen_jax.diffusion.schedules import DiscreteSchedule
 
 IF_SCHEDULE = DiscreteSchedule("squaredcos_cap_v2", spacing="leading")
 TABLES = LearnedVarianceTables.from_schedule(IF_SCHEDULE)
+# Compiled once each (the tables are constants): eagerly, every small op would compile on its own.
+q_sample = jax.jit(lambda x0, noise, t: _q_sample(TABLES, x0, noise, t))
+vb_term = jax.jit(lambda *a: _vb_term(TABLES, *a))
+hybrid_loss = jax.jit(lambda *a: _hybrid_loss(TABLES, *a))
 
 
 def test_tables_match_diffusers_posterior():
@@ -98,10 +104,10 @@ def test_vb_is_zero_for_the_true_mean_and_variance():
   t; near t = T, β_t and β̃_t almost agree, so v barely matters there)."""
   x0, noise, _ = _batch()
   t = jnp.array([1, 10, 500, 999])
-  x_t = q_sample(TABLES, x0, noise, t)
-  exact = vb_term(TABLES, x0, x_t, noise, -jnp.ones_like(x0), t)
+  x_t = q_sample(x0, noise, t)
+  exact = vb_term(x0, x_t, noise, -jnp.ones_like(x0), t)
   np.testing.assert_allclose(np.asarray(exact), 0.0, atol=1e-6)
-  off = vb_term(TABLES, x0, x_t, noise, jnp.zeros_like(x0), t)
+  off = vb_term(x0, x_t, noise, jnp.zeros_like(x0), t)
   assert np.all(np.asarray(off) > 0) and np.all(np.asarray(off)[:2] > 1e-3)
 
 
@@ -110,16 +116,16 @@ def test_hybrid_loss_trains_the_mean_by_mse_and_the_variance_by_vb():
   d(loss)/d(v) is the VB term's; t = 0 uses the decoder likelihood."""
   x0, noise, key = _batch(1)
   t = jnp.array([0, 3, 400, 999])
-  x_t = q_sample(TABLES, x0, noise, t)
+  x_t = q_sample(x0, noise, t)
   out = jnp.concatenate([noise + 0.1 * jax.random.normal(key, x0.shape),
                          jnp.full(x0.shape, 0.2)], axis=-1)
-  total = lambda o: jnp.sum(hybrid_loss(TABLES, x0, noise, x_t, t, o)[0])
+  total = lambda o: jnp.sum(hybrid_loss(x0, noise, x_t, t, o)[0])
   mse_only = lambda o: jnp.sum(jnp.mean(jnp.square(noise - o[..., :3]).reshape(4, -1), axis=1))
   grad = jax.grad(total)(out)
   np.testing.assert_allclose(np.asarray(grad[..., :3]), np.asarray(jax.grad(mse_only)(out)[..., :3]),
                              rtol=1e-6, atol=1e-9)
   assert float(jnp.abs(grad[..., 3:]).max()) > 0
-  loss, terms = hybrid_loss(TABLES, x0, noise, x_t, t, out)
+  loss, terms = hybrid_loss(x0, noise, x_t, t, out)
   np.testing.assert_allclose(np.asarray(loss), np.asarray(terms["mse"] + terms["vb"]), rtol=1e-6)
   # t = 0: −log p(x₀ | x₁) in bits per dim, from the discretised Gaussian around the model's mean
   mean0 = (TABLES.posterior_mean_coef_x0[0] * (x_t[0] - TABLES.sqrt_one_minus_alphas_cumprod[0]
@@ -134,4 +140,4 @@ def test_hybrid_loss_refuses_a_fixed_variance_output():
   x0, noise, _ = _batch()
   t = jnp.zeros((4,), jnp.int32)
   with pytest.raises(ValueError, match="2×3 channels"):
-    hybrid_loss(TABLES, x0, noise, x0, t, noise)
+    hybrid_loss(x0, noise, x0, t, noise)
