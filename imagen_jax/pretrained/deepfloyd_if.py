@@ -19,7 +19,8 @@ on tiny random pipelines, tests/test_deepfloyd_if.py):
     IF's `_text_preprocessing` without `clean_caption`, whose cleaning needs bs4 and ftfy: they
     are not dependencies here, and the pipeline itself falls back to exactly this without them —
     then tokenized by the directory's tokenizer (padding to max_length 77, truncation, </s>) and
-    encoded by our Flax T5 (`load_t5_encoder`) with that attention mask. All 77 hidden states go
+    encoded by our Flax T5 with that attention mask (`TextEncoder.from_if_directory`, which
+    `imagen-jax encode` uses for IF's embedding caches too). All 77 hidden states go
     to the U-Net, padding positions included and *no* mask (the pipelines pass none). The
     unconditional branch of guidance is the encoding of "" (the pipelines' default negative
     prompt, not zeros), computed once when the cascade is loaded (`IFStage.negative_text`).
@@ -47,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,14 +65,13 @@ from imagen_jax.diffusion.guidance import Thresholding
 from imagen_jax.diffusion.schedules import DiscreteSchedule
 from imagen_jax.models.if_unet import IFUNet, IFUNetConfig
 from imagen_jax.models.if_weights import if_param_shardings, load_if_unet, read_if_config
-from imagen_jax.text.t5 import T5Config, T5Encoder
-from imagen_jax.text.weights import load_t5_encoder
-
-log = logging.getLogger(__name__)
+# IF_MAX_LENGTH, load_if_tokenizer and preprocess_prompt are re-exported: they lived here
+from imagen_jax.text.deepfloyd_if import (IF_MAX_LENGTH, load_if_tokenizer,  # noqa: F401
+                                          preprocess_prompt)
+from imagen_jax.text.encoder import TextEncoder
 
 Array = jax.Array
 STAGE_NAMES = {"stage_I": "if_I", "stage_II": "if_II"}
-IF_MAX_LENGTH = 77  # IFPipeline.encode_prompt: T5 "was trained with a max length of 77" for IF
 STAGE_II_LOWRES = 64  # IF-I's output size: stage II's input when loaded without a stage I
 # our sampler name → the diffusers scheduler class (and option) `from_config` would build
 _SCHEDULER_CLASSES = {
@@ -85,108 +84,33 @@ _SCHEDULER_CLASSES = {
 # ---- Text ---------------------------------------------------------------------------------------
 
 
-def preprocess_prompt(prompt: str) -> str:
-  """IF's `_text_preprocessing` without caption cleaning (what the pipelines do when bs4 or ftfy
-  is missing, or with clean_caption=False)."""
-  return prompt.lower().strip()
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _t5_hidden_states(config: T5Config, params: Any, ids: Array, mask: Array) -> Array:
-  # every position, padding included, as `T5EncoderModel(...)[0]` (not zeroed: IF's U-Net sees it)
-  return T5Encoder(config).apply({"params": params}, ids, mask).astype(jnp.float32)
-
-
-@dataclasses.dataclass
-class IFTextEncoder:
-  """IF's prompt encoding (`IFPipeline.encode_prompt`): a Hugging Face tokenizer and our T5.
-  `encode` runs the compiled encoder on batches of exactly `batch_size` prompts (one compile per
-  T5 config, shared by every encoder of that config)."""
-
-  config: T5Config
-  params: Any
-  tokenizer: Any  # a transformers tokenizer
-  max_length: int = IF_MAX_LENGTH
-  batch_size: int = 8
-
-  def __post_init__(self):
-    self.params = jax.device_put(self.params)
-
-  @property
-  def width(self) -> int:
-    return self.config.d_model
+class IFTextEncoder(TextEncoder):
+  """IF's prompt encoding (`IFPipeline.encode_prompt`): a `TextEncoder` in IF's convention
+  (`TextEncoder.from_if_directory`: lower-cased prompts, 77 tokens, padding positions kept),
+  whose `encode` returns the token ids as its third element."""
 
   def tokenize(self, prompts: Sequence[str], warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (n, max_length) int32 and attention mask (n, max_length) bool, as the pipeline
-    tokenizes (its truncation warning too)."""
-    if isinstance(prompts, str):
-      raise TypeError("pass a list of prompts, not a single string")
-    texts = [preprocess_prompt(p) for p in prompts]
-    tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_length,
-                            truncation=True, add_special_tokens=True, return_attention_mask=True,
-                            return_tensors="np")
-    if warn:
-      lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-      long = [t for t, n in zip(texts, lengths) if n > self.max_length]
-      if long:
-        log.warning("%d prompt(s) longer than IF's %d tokens were truncated (e.g. %r)", len(long),
-                    self.max_length, long[0][:80])
-    return (np.asarray(tokens["input_ids"], np.int32),
-            np.asarray(tokens["attention_mask"]).astype(bool))
+    tokenizes."""
+    tokens = self.tokenizer(prompts, warn=warn)
+    return tokens.input_ids, tokens.attention_mask
 
   def encode(self, prompts: Sequence[str], warn_truncation: bool = True
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hidden states (n, max_length, width) float32, mask (n, max_length) bool, token ids)."""
-    ids, mask = self.tokenize(prompts, warn_truncation)
-    n, b = len(ids), self.batch_size
-    out = np.zeros((n, self.max_length, self.width), np.float32)
-    for start in range(0, n, b):
-      rows = min(b, n - start)
-      chunk_ids = np.zeros((b, self.max_length), np.int32)
-      chunk_mask = np.zeros((b, self.max_length), bool)
-      chunk_mask[:, 0] = True  # padding rows: one visible (pad) token, dropped below
-      chunk_ids[:rows], chunk_mask[:rows] = ids[start:start + rows], mask[start:start + rows]
-      out[start:start + rows] = np.asarray(
-          _t5_hidden_states(self.config, self.params, chunk_ids, chunk_mask))[:rows]
-    return out, mask, ids
-
-
-def load_if_tokenizer(path: str | Path) -> Any:
-  """The tokenizer of an IF directory's `tokenizer/`, of the class its model_index.json names
-  (T5Tokenizer, as diffusers' `from_pretrained` loads it), local files only."""
-  import transformers  # deferred: importing transformers costs seconds
-
-  path = Path(path)
-  folder = path / "tokenizer"
-  if not folder.is_dir():
-    raise CascadeError(f"{path} has no tokenizer/ folder (IF's T5 tokenizer)")
-  cls = transformers.AutoTokenizer
-  index = path / "model_index.json"
-  if index.is_file():
-    entry = json.loads(index.read_text()).get("tokenizer")
-    if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers":
-      cls = getattr(transformers, entry[1], cls)
-  try:
-    return cls.from_pretrained(str(folder), local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise CascadeError(f"cannot read the tokenizer in {folder}: {e}") from e
+    embeddings, mask, tokens = super().encode(prompts, warn_truncation)
+    return embeddings, mask, tokens.input_ids
 
 
 def load_if_text_encoder(path: str | Path, *, dtype: Any = None, batch_size: int = 8
                          ) -> IFTextEncoder:
   """The text side of an IF directory: `tokenizer/` and the T5 of `text_encoder/` (parameters
   cast to `dtype`, e.g. "bfloat16" for T5-XXL: 9.5 GB instead of 19)."""
-  path = Path(path)
-  folder = path / "text_encoder"
-  if not (folder / "config.json").is_file():
-    raise CascadeError(f"{path} has no text_encoder/config.json (IF's T5-v1.1-XXL; stage I "
-                       "directories ship it)")
-  tokenizer = load_if_tokenizer(path)
   try:
-    config, params = load_t5_encoder(folder, dtype=None if dtype is None else jnp.dtype(dtype))
+    return IFTextEncoder.from_if_directory(
+        path, batch_size=batch_size, param_dtype=None if dtype is None else jnp.dtype(dtype))
   except (FileNotFoundError, ValueError) as e:
-    raise CascadeError(f"cannot load the T5 encoder in {folder}: {e}") from e
-  return IFTextEncoder(config, params, tokenizer, batch_size=batch_size)
+    raise CascadeError(f"cannot load IF's text encoder from {path}: {e}") from e
 
 
 # ---- Denoiser and low-res conditioning -------------------------------------------------------
@@ -265,6 +189,7 @@ class IFStage:
   noising: DiscreteSchedule | None = None
   lowres_resolution: int = 0
   negative_text: Any = None
+  step: int | None = None  # the checkpoint's step, for a stage fine-tuned with imagen-jax train
 
   @property
   def resolution(self) -> int:
@@ -463,7 +388,7 @@ def load_if_cascade(stage_I_dir: str | Path, stage_II_dir: str | Path | None = N
                        f"U-Nets take {first.text_dim}")
   stages = [load_if_stage(d, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh,
                           lowres_resolution=first.resolution) for d in dirs]
-  negative = encoder.encode([""])[0]  # the pipelines' default negative prompt
+  negative = encoder.null_embedding()[None]  # the pipelines' default negative prompt, ""
   for stage in stages:
     stage.negative_text = negative
   return Cascade(chain_stages(stages), encoder)

@@ -2,15 +2,25 @@
 
 Layout of a cache directory (ArrayRecord shards, the format TFDS and grain read natively):
 
-    manifest.json                 what built it: encoder fingerprint, max_length, width, storage dtype,
-                                  shard size, source description; "complete": true once finished
+    manifest.json                 what built it (the `CacheSpec`: encoder fingerprint, max_length,
+                                  width, storage dtype, keep_padding), shard size, source
+                                  description; "complete": true once finished
+    null_embedding.npy            the unconditional text input, (max_length, width) float32
     shard-00000.ids.json          the example ids of shard 0, in order
     shard-00000.array_record      one record per example: msgpack {id, length, emb bytes}
     ...
 
-Each record stores only the `length` real tokens of its caption (T5 masks are prefixes), in the
-chosen storage dtype (float32, bfloat16 or float16); reading re-pads to max_length with zeros and
-a boolean mask. For T5-XXL (4096 wide) a 15-token caption takes 120 KB in bfloat16 instead of 1 MB.
+By default (our encoders: padding positions are zero) each record stores only the `length` real
+tokens of its caption (T5 masks are prefixes), in the chosen storage dtype (float32, bfloat16 or
+float16); reading re-pads to max_length with zeros and a boolean mask. For T5-XXL (4096 wide) a
+15-token caption takes 120 KB in bfloat16 instead of 1 MB. A cache of DeepFloyd IF embeddings
+(`keep_padding`) stores all max_length positions, since IF's U-Net sees T5's non-zero outputs at
+padding positions too; reading returns exactly what the encoder produced, and the mask still comes
+from `length`.
+
+`null_embedding.npy` is the encoder's `null_embedding()`, what classifier-free guidance and text
+dropout put in place of a caption: zeros for ours, the T5 encoding of "" for IF's (np.save, no
+pickle). `EmbeddingCache.null_embedding` reads it, or zeros for a cache without it (format 1).
 
 Writing is resumable and atomic: a shard is written to a temporary name and renamed when complete,
 so an interrupted run resumes at the first missing shard and never leaves a half-written shard
@@ -31,7 +41,11 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: `keep_padding` in the spec and null_embedding.npy; format 1 caches (neither: ours, trimmed
+# records, zeros as the null input) are still read
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+NULL_EMBEDDING_FILE = "null_embedding.npy"
 STORAGE_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
                   "float16": np.dtype(np.float16)}
 
@@ -48,6 +62,7 @@ class CacheSpec:
   max_length: int
   width: int
   storage_dtype: str = "bfloat16"
+  keep_padding: bool = False  # records hold all max_length positions (DeepFloyd IF's embeddings)
 
   def __post_init__(self):
     if self.storage_dtype not in STORAGE_DTYPES:
@@ -65,17 +80,21 @@ def shard_name(index: int) -> str:
   return f"shard-{index:05d}"
 
 
-def encode_record(example_id: str, embeddings: np.ndarray, length: int, dtype: np.dtype) -> bytes:
-  emb = np.ascontiguousarray(embeddings[:length].astype(dtype))
+def encode_record(example_id: str, embeddings: np.ndarray, length: int, spec: CacheSpec) -> bytes:
+  rows = len(embeddings) if spec.keep_padding else length
+  emb = np.ascontiguousarray(embeddings[:rows].astype(STORAGE_DTYPES[spec.storage_dtype]))
   return msgpack.packb({"id": example_id, "length": int(length), "emb": emb.tobytes()})
 
 
 def decode_record(data: bytes, spec: CacheSpec) -> tuple[str, np.ndarray, np.ndarray]:
-  """(id, embeddings (max_length, width) float32 zero-padded, mask (max_length,) bool)."""
+  """(id, embeddings (max_length, width) float32 — zero-padded unless the spec keeps padding —,
+  mask (max_length,) bool)."""
   rec = msgpack.unpackb(data)
   n = rec["length"]
+  rows = spec.max_length if spec.keep_padding else n
   emb = np.zeros((spec.max_length, spec.width), np.float32)
-  emb[:n] = np.frombuffer(rec["emb"], STORAGE_DTYPES[spec.storage_dtype]).reshape(n, spec.width)
+  stored = np.frombuffer(rec["emb"], STORAGE_DTYPES[spec.storage_dtype])
+  emb[:rows] = stored.reshape(rows, spec.width)
   mask = np.zeros((spec.max_length,), bool)
   mask[:n] = True
   return rec["id"], emb, mask
@@ -112,6 +131,10 @@ class CacheWriter:
   def complete(self) -> bool:
     return bool(self.manifest.get("complete"))
 
+  @property
+  def has_null_embedding(self) -> bool:
+    return (self.dir / NULL_EMBEDDING_FILE).is_file()
+
   def shard_done(self, index: int) -> bool:
     return (self.dir / f"{shard_name(index)}.array_record").exists()
 
@@ -122,18 +145,29 @@ class CacheWriter:
 
     if len(ids) != len(embeddings) or len(ids) != len(lengths):
       raise CacheError("ids, embeddings and lengths of a shard must have the same length")
-    if embeddings.shape[1:] != (self.spec.max_length, self.spec.width):
-      raise CacheError(f"embeddings of shape {embeddings.shape[1:]} do not match the cache's "
-                       f"(max_length, width) = {(self.spec.max_length, self.spec.width)}")
+    self._check_shape(embeddings.shape[1:], "embeddings")
     name = shard_name(index)
     write_json_atomic(self.dir / f"{name}.ids.json", list(ids))
     tmp = self.dir / f"{name}.array_record.tmp"
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    dtype = STORAGE_DTYPES[self.spec.storage_dtype]
     for example_id, emb, n in zip(ids, embeddings, lengths):
-      writer.write(encode_record(example_id, emb, int(n), dtype))
+      writer.write(encode_record(example_id, emb, int(n), self.spec))
     writer.close()
     os.replace(tmp, self.dir / f"{name}.array_record")
+
+  def write_null_embedding(self, embedding: np.ndarray) -> None:
+    """Store the encoder's unconditional input (max_length, width), atomically, as float32."""
+    embedding = np.asarray(embedding, np.float32)
+    self._check_shape(embedding.shape, "the null embedding")
+    tmp = self.dir / f"{NULL_EMBEDDING_FILE}.tmp"
+    with tmp.open("wb") as f:
+      np.save(f, embedding, allow_pickle=False)
+    os.replace(tmp, self.dir / NULL_EMBEDDING_FILE)
+
+  def _check_shape(self, shape: tuple[int, ...], what: str) -> None:
+    if tuple(shape) != (self.spec.max_length, self.spec.width):
+      raise CacheError(f"{what} of shape {tuple(shape)} does not match the cache's "
+                       f"(max_length, width) = {(self.spec.max_length, self.spec.width)}")
 
   def finish(self, num_examples: int, num_shards: int) -> None:
     self.manifest.update(complete=True, num_examples=num_examples, num_shards=num_shards)
@@ -142,10 +176,10 @@ class CacheWriter:
 
 def check_manifest(manifest: dict[str, Any], spec: CacheSpec | None, directory: Path) -> CacheSpec:
   """The manifest's spec; a CacheError if it differs from `spec` (when given)."""
-  if manifest.get("format_version") != FORMAT_VERSION:
+  if manifest.get("format_version") not in READABLE_FORMATS:
     raise CacheError(f"{directory} holds a cache of format {manifest.get('format_version')}, this "
-                     f"code reads format {FORMAT_VERSION}; rebuild it with `imagen-jax encode`")
-  found = CacheSpec(**manifest["spec"])
+                     f"code reads formats {READABLE_FORMATS}; rebuild it with `imagen-jax encode`")
+  found = CacheSpec(**manifest["spec"])  # format 1 has no keep_padding: False, as it was built
   if spec is not None and found != spec:
     diffs = [f"{f.name}: cache has {getattr(found, f.name)!r}, this run has "
              f"{getattr(spec, f.name)!r}" for f in dataclasses.fields(CacheSpec)
@@ -186,6 +220,24 @@ class EmbeddingCache:
     if len(self.ids) != self.manifest["num_examples"]:
       raise CacheError(f"the cache in {self.dir} lists {len(self.ids)} ids but its manifest says "
                        f"{self.manifest['num_examples']}; rebuild it")
+    self.null_embedding = self._read_null_embedding()
+
+  def _read_null_embedding(self) -> np.ndarray:
+    """The unconditional text input (max_length, width) float32 stored by `imagen-jax encode`;
+    zeros for a cache without one (format 1, built for our encoders, whose null input is zeros)."""
+    shape = (self.spec.max_length, self.spec.width)
+    path = self.dir / NULL_EMBEDDING_FILE
+    if not path.is_file():
+      if self.spec.keep_padding:
+        raise CacheError(f"the embedding cache in {self.dir} keeps padding (DeepFloyd IF) but has "
+                         f"no {NULL_EMBEDDING_FILE} (the encoding of \"\"); run `imagen-jax "
+                         "encode` again with the same config to write it")
+      return np.zeros(shape, np.float32)
+    null = np.load(path, allow_pickle=False)
+    if null.shape != shape:
+      raise CacheError(f"{path} has shape {null.shape}, the cache's embeddings {shape}; rebuild "
+                       "the cache with `imagen-jax encode`")
+    return null.astype(np.float32, copy=False)
 
   def __len__(self) -> int:
     return len(self.ids)

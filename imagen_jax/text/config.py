@@ -6,8 +6,9 @@ import ml_collections
 def text_config() -> ml_collections.ConfigDict:
   """The `text` config group shared by every config that encodes or reads embeddings."""
   text = ml_collections.ConfigDict()
-  text.encoder = ""  # local HF T5 checkpoint dir (e.g. t5-v1_1-xxl); "" = embedded tiny T5
-  text.max_length = 128  # tokens per caption (Imagen: 128)
+  text.encoder = ""  # local HF T5 checkpoint dir (e.g. t5-v1_1-xxl) or DeepFloyd IF stage I dir
+  #                     (IF-I-XL-v1.0: IF's conditioning, max_length 77); "" = embedded tiny T5
+  text.max_length = 128  # tokens per caption (Imagen: 128; DeepFloyd IF: 77)
   text.batch_size = 64  # captions per compiled encoder call
   text.dtype = "float32"  # compute dtype; "bfloat16" on TPU
   text.param_dtype = ""  # cast weights on load, e.g. "bfloat16" for T5-XXL; "" = as stored

@@ -2,11 +2,19 @@
 
     imagen-jax encode --config configs/text.py --workdir W \
         --config.data.captions=tfds:/data/shapes/1.0.0 --config.data.split=train
+    imagen-jax encode --config configs/text.py --workdir W \
+        --config.data.captions=file:captions.jsonl \
+        --config.text.encoder=IF-I-XL-v1.0 --config.text.max_length=77   # for IF fine-tuning
 
 Runs the frozen encoder jit-compiled on fixed-shape batches, shard by shard, with a progress bar.
 An interrupted run resumes at the first unfinished shard; a finished cache is not recomputed; a
-cache built with another encoder, max length or storage dtype is refused (see `cache.py`).
-Truncated captions are counted, reported, and recorded in the manifest.
+cache built with another encoder, max length, storage dtype or padding convention is refused (see
+`cache.py`). Truncated captions are counted, reported, and recorded in the manifest.
+
+`config.text.encoder` is a Hugging Face T5 directory, or a DeepFloyd IF stage I directory
+(`open_text_encoder`): its cache then holds what IF's U-Nets are conditioned on — prompts
+lower-cased, 77 tokens, every hidden state including padding (`CacheSpec.keep_padding`) — and the
+encoding of "" as the unconditional input (`EmbeddingCache.null_embedding`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from tqdm import tqdm
 
 from imagen_jax.text import default as default_t5
 from imagen_jax.text.cache import CacheError, CacheSpec, CacheWriter, EmbeddingCache
-from imagen_jax.text.encoder import TextEncoder
+from imagen_jax.text.encoder import TextEncoder, open_text_encoder
 from imagen_jax.text.sources import CaptionSource, caption_source
 
 log = logging.getLogger(__name__)
@@ -43,9 +51,12 @@ class EncodeReport:
 def encode_captions(source: CaptionSource, encoder: TextEncoder, cache_dir: str | Path, *,
                     storage_dtype: str = "bfloat16", shard_size: int = 4096,
                     progress: bool = True) -> EncodeReport:
-  """Encode every caption of `source` into the cache at `cache_dir` (resumable)."""
-  spec = CacheSpec(encoder.fingerprint, encoder.max_length, encoder.width, storage_dtype)
-  writer = CacheWriter(cache_dir, spec, shard_size, source.describe())
+  """Encode every caption of `source` into the cache at `cache_dir` (resumable), and the
+  encoder's unconditional input (`TextEncoder.null_embedding`)."""
+  writer = CacheWriter(cache_dir, cache_spec(encoder, storage_dtype), shard_size,
+                       source.describe())
+  if not writer.has_null_embedding:
+    writer.write_null_embedding(encoder.null_embedding())
   if writer.complete:
     log.info("embedding cache %s is complete (%d captions): nothing to do", cache_dir,
              writer.manifest["num_examples"])
@@ -117,12 +128,21 @@ def cache_dir_for(config: ml_collections.ConfigDict, workdir: str | Path, split:
   return Path(config.text.cache_dir or Path(workdir) / "text_cache") / split
 
 
-def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path) -> TextEncoder:
+def cache_spec(encoder: TextEncoder, storage_dtype: str) -> CacheSpec:
+  """The spec of `encoder`'s cache: IF's encoders keep padding positions (`zero_padding` False)."""
+  return CacheSpec(encoder.fingerprint, encoder.max_length, encoder.width, storage_dtype,
+                   keep_padding=not encoder.zero_padding)
+
+
+def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path,
+                 batch_size: int | None = None) -> TextEncoder:
+  """The encoder of `config.text` (a T5 or DeepFloyd IF directory, or the embedded tiny T5);
+  `batch_size` overrides config.text.batch_size (sampling encodes a few prompts)."""
   import jax.numpy as jnp
 
-  return TextEncoder.from_directory(
+  return open_text_encoder(
       resolve_encoder_dir(config, workdir), max_length=config.text.max_length,
-      batch_size=config.text.batch_size, dtype=jnp.dtype(config.text.dtype),
+      batch_size=batch_size or config.text.batch_size, dtype=jnp.dtype(config.text.dtype),
       param_dtype=jnp.dtype(config.text.param_dtype) if config.text.param_dtype else None)
 
 
@@ -151,8 +171,5 @@ def open_cache(config: ml_collections.ConfigDict, workdir: str | Path, split: st
                encoder: TextEncoder | None = None) -> EmbeddingCache:
   """The cache of a split, checked against `encoder` when given (training passes none: the T5
   stays out of memory; the cache's manifest is then the authority)."""
-  expected = None
-  if encoder is not None:
-    expected = CacheSpec(encoder.fingerprint, encoder.max_length, encoder.width,
-                         config.text.cache_dtype)
+  expected = None if encoder is None else cache_spec(encoder, config.text.cache_dtype)
   return EmbeddingCache(cache_dir_for(config, workdir, split), expected)

@@ -1,20 +1,29 @@
 """`TextEncoder`: tokenizer + frozen T5 parameters + one jit-compiled, fixed-shape encode.
 
-    encoder = TextEncoder.from_directory("/path/to/t5-v1_1-xxl", max_length=128, batch_size=64)
-    embeddings, mask = encoder.encode(["a corgi on a skateboard", "a red cube"])
+    encoder = open_text_encoder("/path/to/t5-v1_1-xxl", max_length=128, batch_size=64)
+    embeddings, mask, tokens = encoder.encode(["a corgi on a skateboard", "a red cube"])
+    encoder = open_text_encoder("/path/to/IF-I-XL-v1.0")   # DeepFloyd IF's mode, 77 tokens
 
 Every call runs the compiled encoder on batches of exactly `batch_size` prompts (the last one padded
-with empty rows, which are dropped), so it compiles once. Parameters are an argument of the
-compiled function, never baked into it as constants.
+with empty rows, which are dropped), so it compiles once per T5 config and batch shape, shared by
+every encoder of that config. Parameters are an argument of the compiled function, never baked into
+it as constants.
 
-`checkpoint_fingerprint(path)` identifies a checkpoint directory (config, tokenizer and weights) for
-the embedding cache: a cache made with one encoder is never read with another.
+Two conventions of text conditioning, told apart by `zero_padding`:
+  * ours (a Hugging Face T5 directory, `from_directory`): hidden states at padding positions are
+    zeroed and the U-Net gets the mask; the unconditional input is zeros with an empty mask.
+  * DeepFloyd IF's (an IF stage directory, `from_if_directory`; see `text/deepfloyd_if.py`):
+    prompts lower-cased and stripped, 77 tokens, every hidden state kept as T5 computed it (the
+    U-Net gets no mask), and the unconditional input is the encoding of "".
+`null_embedding()` is the unconditional input of either; `open_text_encoder` loads either layout.
+
+`checkpoint_fingerprint(path, ...)` identifies checkpoint directories (config, tokenizer and
+weights) for the embedding cache: a cache made with one encoder is never read with another.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 from pathlib import Path
@@ -25,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from imagen_jax.text.deepfloyd_if import (IF_MAX_LENGTH, if_text_encoder_dir, is_if_directory,
+                                          load_if_tokenizer, preprocess_prompt)
 from imagen_jax.text.t5 import T5Config, T5Encoder
 from imagen_jax.text.tokenizer import DEFAULT_MAX_LENGTH, TokenizedBatch, Tokenizer
 from imagen_jax.text.weights import load_t5_encoder
@@ -34,14 +45,22 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 _EDGE_BYTES = 1 << 20
 
 
-def checkpoint_fingerprint(path: str | os.PathLike) -> str:
-  """A short hash of a checkpoint directory's config, tokenizer and weight files.
+def checkpoint_fingerprint(path: str | os.PathLike, *more: str | os.PathLike) -> str:
+  """A short hash of the config, tokenizer and weight files of one checkpoint directory or more
+  (an IF stage's text_encoder/ and tokenizer/); one directory hashes as it always has.
 
   Small files are hashed whole; weight files by name, size and their first and last MiB, which
   tells checkpoints apart without reading 20 GB of T5-XXL.
   """
-  path = Path(path)
   h = hashlib.sha256()
+  for i, directory in enumerate((path, *more)):
+    if i:
+      h.update(b"\0next directory\0")
+    _hash_checkpoint(h, Path(directory))
+  return h.hexdigest()[:16]
+
+
+def _hash_checkpoint(h: Any, path: Path) -> None:
   for name in _FINGERPRINT_FILES:
     if (path / name).is_file():
       h.update(name.encode() + b"\0" + (path / name).read_bytes())
@@ -54,7 +73,6 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
       if size > 2 * _EDGE_BYTES:
         fh.seek(size - _EDGE_BYTES)
         h.update(fh.read(_EDGE_BYTES))
-  return h.hexdigest()[:16]
 
 
 def device_put_consuming(tree: Any) -> Any:
@@ -68,20 +86,31 @@ def device_put_consuming(tree: Any) -> Any:
   return traverse_util.unflatten_dict(out)
 
 
-def _apply(config: T5Config, params: Any, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
-  out = T5Encoder(config).apply({"params": params}, input_ids, mask)
-  return out.astype(jnp.float32) * mask[..., None]  # exact zeros on padding
+def _apply(config: T5Config, params: Any, input_ids: jax.Array, mask: jax.Array,
+           zero_padding: bool = True) -> jax.Array:
+  out = T5Encoder(config).apply({"params": params}, input_ids, mask).astype(jnp.float32)
+  # ours: exact zeros on padding; IF's U-Net sees every position as `T5EncoderModel(...)[0]`
+  return out * mask[..., None] if zero_padding else out
+
+
+# one compile per (config, convention, batch shape), shared by every encoder
+_hidden_states = jax.jit(_apply, static_argnums=(0, 4))
 
 
 @dataclasses.dataclass
 class TextEncoder:
-  """A frozen T5 encoder ready to encode prompts."""
+  """A frozen T5 encoder ready to encode prompts.
+
+  zero_padding: True for our convention (padding positions zeroed, the mask goes to the U-Net),
+  False for DeepFloyd IF's (every position kept; see the module docstring).
+  """
 
   config: T5Config
   params: Any
   tokenizer: Tokenizer
   fingerprint: str
   batch_size: int = 64
+  zero_padding: bool = True
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -90,22 +119,39 @@ class TextEncoder:
       raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the encoder's "
                        f"embedding only {self.config.vocab_size}: they do not belong together")
     self.params = jax.device_put(self.params)  # a no-op for arrays already on the device
-    self._encode = jax.jit(functools.partial(_apply, self.config))
 
   @classmethod
   def from_directory(cls, path: str | os.PathLike, *, max_length: int = DEFAULT_MAX_LENGTH,
                      batch_size: int = 64, dtype: Any = jnp.float32,
                      param_dtype: Any = None) -> TextEncoder:
-    """Load tokenizer and weights from a local Hugging Face T5 directory.
+    """Load tokenizer and weights from a local Hugging Face T5 directory (our convention).
 
     dtype: compute dtype (bfloat16 on TPU); param_dtype: cast weights on load (e.g. bfloat16 to
     halve host and device memory for T5-XXL).
     """
     tokenizer = Tokenizer.from_directory(path, max_length=max_length)
-    config, params = load_t5_encoder(path, dtype=param_dtype)
+    return cls._load(path, tokenizer, checkpoint_fingerprint(path), batch_size, dtype,
+                     param_dtype, zero_padding=True)
+
+  @classmethod
+  def from_if_directory(cls, path: str | os.PathLike, *, max_length: int = IF_MAX_LENGTH,
+                        batch_size: int = 64, dtype: Any = jnp.float32,
+                        param_dtype: Any = None) -> TextEncoder:
+    """Load the T5 of a DeepFloyd IF stage directory (`text_encoder/`, `tokenizer/`) in IF's
+    convention: what `IFPipeline.encode_prompt` hands IF's U-Nets. `max_length` must be 77."""
+    folder = if_text_encoder_dir(path, max_length)
+    tokenizer = Tokenizer(load_if_tokenizer(path), max_length, preprocess=preprocess_prompt)
+    fingerprint = checkpoint_fingerprint(folder, Path(path) / "tokenizer")
+    return cls._load(folder, tokenizer, fingerprint, batch_size, dtype, param_dtype,
+                     zero_padding=False)
+
+  @classmethod
+  def _load(cls, weights_dir: str | os.PathLike, tokenizer: Tokenizer, fingerprint: str,
+            batch_size: int, dtype: Any, param_dtype: Any, zero_padding: bool) -> TextEncoder:
+    config, params = load_t5_encoder(weights_dir, dtype=param_dtype)
     params = device_put_consuming(params)
     config = dataclasses.replace(config, dtype=dtype)
-    return cls(config, params, tokenizer, checkpoint_fingerprint(path), batch_size)
+    return cls(config, params, tokenizer, fingerprint, batch_size, zero_padding)
 
   @property
   def width(self) -> int:
@@ -125,7 +171,8 @@ class TextEncoder:
       chunk = slice(start, min(start + b, n))
       rows = chunk.stop - chunk.start
       ids[:rows], m[:rows] = input_ids[chunk], mask[chunk]
-      out[chunk] = np.asarray(self._encode(self.params, ids, m))[:rows]
+      hidden = _hidden_states(self.config, self.params, ids, m, self.zero_padding)
+      out[chunk] = np.asarray(hidden)[:rows]
     return out
 
   def encode(self, texts: list[str], warn_truncation: bool = True
@@ -133,3 +180,27 @@ class TextEncoder:
     """(embeddings (n, max_length, width) float32, mask (n, max_length) bool, tokens)."""
     tokens = self.tokenizer(texts, warn=warn_truncation)
     return self.encode_tokens(tokens.input_ids, tokens.attention_mask), tokens.attention_mask, tokens
+
+  def null_embedding(self) -> np.ndarray:
+    """The unconditional text input of classifier-free guidance (and of text dropout in
+    training), (max_length, width) float32: zeros in our convention (with an all-False mask, as
+    `null_text` and `drop_text` use), the encoding of "" at every position in IF's (its
+    pipelines' negative prompt; its U-Net takes no mask)."""
+    if self.zero_padding:
+      return np.zeros((self.max_length, self.width), np.float32)
+    return self.encode([""], warn_truncation=False)[0][0]
+
+
+def open_text_encoder(path: str | os.PathLike, *, max_length: int | None = None,
+                      batch_size: int = 64, dtype: Any = jnp.float32,
+                      param_dtype: Any = None) -> TextEncoder:
+  """The text encoder of `path`: a Hugging Face T5 checkpoint directory (our convention) or a
+  DeepFloyd IF stage directory (IF's; `is_if_directory`). max_length None: the directory's
+  default (128 tokens for ours, IF's 77)."""
+  if is_if_directory(path):
+    return TextEncoder.from_if_directory(
+        path, max_length=IF_MAX_LENGTH if max_length is None else max_length,
+        batch_size=batch_size, dtype=dtype, param_dtype=param_dtype)
+  return TextEncoder.from_directory(
+      path, max_length=DEFAULT_MAX_LENGTH if max_length is None else max_length,
+      batch_size=batch_size, dtype=dtype, param_dtype=param_dtype)

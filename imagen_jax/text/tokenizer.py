@@ -7,6 +7,7 @@ and/or `tokenizer_config.json` (through `transformers.AutoTokenizer`), or a bare
 Prompts are padded to a fixed `max_length` (128 by default, as Imagen) so that the encoder compiles
 once. A prompt longer than that is truncated, and that is never silent: every batch carries a
 per-prompt `truncated` flag and a warning names how many prompts were cut and the longest length.
+An optional `preprocess` rewrites each prompt first (DeepFloyd IF's lower-cases and strips it).
 
 `train_sentencepiece(captions, out_dir)` trains a small unigram model on a dataset's captions and
 writes it in the same Hugging Face layout, so that the embedded tiny default goes through exactly the
@@ -22,7 +23,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,13 @@ class TokenizedBatch:
 class Tokenizer:
   """A Hugging Face tokenizer with fixed-length padding and truncation reporting."""
 
-  def __init__(self, hf_tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+  def __init__(self, hf_tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+               preprocess: Callable[[str], str] | None = None):
     if max_length < 1:
       raise ValueError(f"max_length must be positive, got {max_length}")
     self.hf = hf_tokenizer
     self.max_length = max_length
+    self.preprocess = preprocess
 
   @classmethod
   def from_directory(cls, path: str | os.PathLike, max_length: int = DEFAULT_MAX_LENGTH
@@ -84,7 +87,7 @@ class Tokenizer:
     aggregate them over many batches, like `imagen-jax encode`, report them themselves)."""
     if isinstance(texts, str):
       raise TypeError("pass a list of prompts, not a single string")
-    texts = list(texts)
+    texts = [self.preprocess(t) for t in texts] if self.preprocess else list(texts)
     full = self.hf(texts, add_special_tokens=True, truncation=False)["input_ids"]
     lengths = np.array([len(ids) for ids in full], np.int32)
     truncated = lengths > self.max_length
