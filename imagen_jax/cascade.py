@@ -48,7 +48,7 @@ from imagen_jax.diffusion import (
 from imagen_jax.diffusion.objectives import DenoiseFn, Prediction
 from imagen_jax.diffusion.samplers import MULTISTEP
 from imagen_jax.diffusion.schedules import AnySchedule
-from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
+from imagen_jax.models.unet import UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import CacheSpec
 from imagen_jax.text.encoder import TextEncoder
 
@@ -183,23 +183,27 @@ def read_stage_config(stage_dir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None = None) -> Stage:
-  """Restore a stage's parameters (EMA by default) from its newest (or given) checkpoint."""
+def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None = None
+               ) -> CascadeStage:
+  """Restore a stage's parameters (EMA by default) from its newest (or given) checkpoint: a
+  `Stage`, or for a fine-tuned DeepFloyd IF stage an `IFStage` (its `negative_text` is set by
+  `load_cascade`, from the text encoder)."""
+  from imagen_jax.train import if_finetune
   from imagen_jax.train.checkpoint import Checkpointer
-  from imagen_jax.train.loop import example_inputs, optimizer_config
-  from imagen_jax.train.state import abstract_state, init_state, make_optimizer, state_shardings
+  from imagen_jax.train.loop import build_program
+  from imagen_jax.train.state import abstract_sharded_state
 
   stage_dir = Path(stage_dir)
   config = read_stage_config(stage_dir)
-  unet = UNetConfig.from_dict(config.model.to_dict())
+  is_if = if_finetune.is_if_stage(config)
+  if is_if and not (if_finetune.config_dir(stage_dir) / "unet" / "config.json").is_file():
+    raise CascadeError(f"{stage_dir} is a DeepFloyd IF stage without its configs "
+                       f"({if_finetune.CONFIG_DIR}/unet/config.json, written by its first "
+                       "training run)")
   mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
-  optimizer = make_optimizer(optimizer_config(config.train))
-  args, extra = example_inputs(config, config.text.max_length)
-  make = lambda: init_state(lambda k: UNet(unet).init(k, *args, **extra)["params"], optimizer,
-                            jax.random.key(0))
-  shapes = jax.eval_shape(make)
-  shardings = state_shardings(shapes, mesh, shd.DEFAULT_RULES)
-  target = abstract_state(shapes.replace(params=shd.strip_boxes(shapes.params)), shardings)
+  program = build_program(config, config.text.max_length, stage_dir)
+  target, _ = abstract_sharded_state(program.init_params, program.optimizer, mesh,
+                                     shd.DEFAULT_RULES)
   name = "ema_params" if use_ema else "params"
   with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
     if not ckpt.all_steps():
@@ -207,7 +211,15 @@ def load_stage(stage_dir: str | Path, *, use_ema: bool = True, step: int | None 
                          "train it first (imagen-jax train --config ... --workdir ...)")
     # only the parameters are read: not the optimiser state, not the other copy of the weights
     restored_step, params = ckpt.restore_subtree(name, getattr(target, name), step=step)
-  return Stage(config.stage, config, unet, params, restored_step)
+  if is_if:
+    from imagen_jax.pretrained.deepfloyd_if import inspect_if_stage
+
+    stage = inspect_if_stage(if_finetune.config_dir(stage_dir), config.lowres_resolution or None)
+    unet = dataclasses.replace(program.step_config.unet, sample_size=config.resolution,
+                               remat=False)
+    return dataclasses.replace(stage, name=config.stage, unet=unet, params=params,
+                               step=restored_step)
+  return Stage(config.stage, config, program.step_config.model, params, restored_step)
 
 
 def chain_stages(stages: Sequence[CascadeStage]) -> list[CascadeStage]:
@@ -229,16 +241,19 @@ def chain_stages(stages: Sequence[CascadeStage]) -> list[CascadeStage]:
 
 
 def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder:
-  """The text encoder the stages were trained with; checked against the training cache."""
-  from imagen_jax.text.encode import cache_dir_for, resolve_encoder_dir
+  """The text encoder the stages were trained with (a T5 or DeepFloyd IF directory, as
+  `imagen-jax encode` loaded it); checked against the training cache."""
+  from imagen_jax.text.encode import cache_dir_for, load_encoder
 
   directory = Path(config.text.encoder) if config.text.encoder else \
       workdir / "text" / "default_t5"
   if not directory.is_dir():
     raise CascadeError(f"text encoder {directory} not found (config.text.encoder, or the "
                        "embedded default built by `imagen-jax encode`)")
-  encoder = TextEncoder.from_directory(resolve_encoder_dir(config, workdir),
-                                       max_length=config.text.max_length, batch_size=8)
+  try:
+    encoder = load_encoder(config, workdir, batch_size=8)
+  except (FileNotFoundError, ValueError) as e:
+    raise CascadeError(f"cannot load the text encoder {directory}: {e}") from e
   manifest = cache_dir_for(config, workdir, config.data.split) / "manifest.json"
   if manifest.is_file():
     spec = CacheSpec(**json.loads(manifest.read_text())["spec"])
@@ -414,4 +429,9 @@ def load_cascade(workdir: str | Path, stages: Sequence[str] | None = None,
     raise CascadeError(f"workdir {workdir} has no trained stages (folders with config.json and "
                        "checkpoints/); train one with `imagen-jax train`")
   loaded = chain_stages([load_stage(d, use_ema=use_ema) for d in found.values()])
-  return Cascade(loaded, encoder_for(workdir, loaded[0].config))
+  config = read_stage_config(found[loaded[0].name])
+  encoder = encoder_for(workdir, config)
+  for stage in loaded:
+    if hasattr(stage, "negative_text"):  # a fine-tuned IF stage: guidance's branch is ""
+      stage.negative_text = encoder.null_embedding()[None]
+  return Cascade(loaded, encoder)

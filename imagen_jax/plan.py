@@ -159,6 +159,7 @@ class Plan:
   train: CompiledFigures
   sample: CompiledFigures | None
   sample_batch: int
+  sample_steps: int = 25
 
   @property
   def fits(self) -> bool:
@@ -173,7 +174,8 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
   `devices` replaces the TPU topology (e.g. CPU devices, for tests of the plumbing)."""
   from imagen_jax.diffusion import SamplerConfig, Thresholding, sample as sample_fn, stage_schedule
   from imagen_jax.models.unet import UNetDenoiser, null_text
-  from imagen_jax.train.loop import StageProgram, batch_shardings
+  from imagen_jax.train import if_finetune
+  from imagen_jax.train.loop import batch_shardings, build_program
   from imagen_jax.train.state import abstract_sharded_state, param_count
 
   devices = tpu_devices(topology) if devices is None else devices
@@ -188,7 +190,11 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
                     "change --config.train.batch_size or --mesh")
   rules = shd.rules_from_config(config.mesh.get("rules"))
   text_len = int(config.text.max_length)
-  program = StageProgram.build(config, text_len)
+  is_if = if_finetune.is_if_stage(config)
+  try:
+    program = build_program(config, text_len)
+  except (ValueError, FileNotFoundError) as e:
+    raise PlanError(str(e)) from e
   state, shardings = abstract_sharded_state(program.init_params, program.optimizer, the_mesh,
                                             rules)
   batch_sh = batch_shardings(config, the_mesh)
@@ -199,6 +205,8 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
   if config.lowres_resolution:
     low = size * config.lowres_resolution // config.resolution
     shapes["lowres"] = (batch, low, low, 3)
+  if is_if:
+    shapes["null_text"] = (1, text_len, config.model.text_dim)
   abstract_batch = {k: jax.ShapeDtypeStruct(shapes[k], bool if k == "text_mask" else jnp.float32,
                                             sharding=batch_sh[k]) for k in batch_sh}
   with jax.set_mesh(the_mesh), nn.logical_axis_rules(rules):
@@ -210,8 +218,12 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
   state_bytes["other"] = _shard_bytes(state) - sum(
       state_bytes[k] for k in ("params", "ema", "optimizer"))
 
-  figures, n = None, 0
-  if sample:
+  figures, n, steps = None, 0, 25
+  if sample and is_if:
+    n = sample_batch or replicas
+    figures, steps = _compile_if_sampler(config, program, state.ema_params, the_mesh, rules, n,
+                                         replicas, text_len)
+  elif sample:
     n = sample_batch or replicas
     step_cfg = program.step_config
     denoiser = UNetDenoiser(step_cfg.model)
@@ -245,7 +257,43 @@ def plan_stage(config: ml_collections.ConfigDict, topology: str, mesh: str | Non
   return Plan(stage=config.stage, topology=topology, device_kind=kind, num_devices=len(devices),
               mesh=dict(the_mesh.shape), batch_size=batch,
               num_params=param_count(state.params), hbm_bytes=hbm, state_bytes=state_bytes,
-              train=train, sample=figures, sample_batch=n)
+              train=train, sample=figures, sample_batch=n, sample_steps=steps)
+
+
+def _compile_if_sampler(config: ml_collections.ConfigDict, program: Any, params: Any,
+                        the_mesh: Any, rules: Any, n: int, replicas: int, text_len: int
+                        ) -> tuple[CompiledFigures, int]:
+  """A DeepFloyd IF stage's sampler as `imagen-jax sample` runs it by default: the scheduler
+  config's sampler (IF's learned-range DDPM) for IF's default steps, guidance against the
+  encoding of "" (`IFStage.sampling`), in the stage's compute dtype."""
+  from imagen_jax.cascade import SamplingOptions
+  from imagen_jax.diffusion import sample as sample_fn
+  from imagen_jax.pretrained.deepfloyd_if import IFDenoiser, inspect_if_stage
+
+  stage = inspect_if_stage(config.init_from, config.lowres_resolution or None)
+  plan = stage.sampling(SamplingOptions())
+  denoiser = IFDenoiser(dataclasses.replace(program.step_config.unet, remat=False),
+                        plan.schedule)
+  rep = shd.replicated(the_mesh)
+  images_sh = shd.batch_sharding(the_mesh, 4) if n % replicas == 0 else rep
+  size = config.resolution
+  text = jax.ShapeDtypeStruct((n, text_len, config.model.text_dim), jnp.float32, sharding=rep)
+  cond = {"text": text}
+  if config.lowres_resolution:
+    cond["lowres"] = jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32, sharding=images_sh)
+    cond["noise_level"] = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep)
+
+  def run(params, key, cond, negative, weight):
+    return sample_fn(denoiser, params, (n, size, size, 3), key, cond, schedule=plan.schedule,
+                     config=plan.config, prediction=plan.prediction,
+                     null_cond={**cond, "text": negative}, guidance_weight=weight)
+
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
+  weight = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+  with jax.set_mesh(the_mesh), nn.logical_axis_rules(rules):
+    figures = _compile(jax.jit(run, out_shardings=images_sh).lower(params, key, cond, text,
+                                                                   weight))
+  return figures, plan.config.num_steps
 
 
 def _gib(b: float) -> str:
@@ -264,8 +312,8 @@ def format_plan(plan: Plan) -> str:
            f"    params {_gib(sb['params'])}  EMA {_gib(sb['ema'])}  optimiser "
            f"{_gib(sb['optimizer'])}  other state {_gib(sb['other'])}  batch {_gib(sb['batch'])}"]
   for name, fig, extra in (("train step", plan.train, ""),
-                           ("sampler", plan.sample, f" ({plan.sample_batch} images, 25 steps, "
-                                                    "CFG)")):
+                           ("sampler", plan.sample, f" ({plan.sample_batch} images, "
+                                                    f"{plan.sample_steps} steps, CFG)")):
     if fig is None:
       continue
     if fig.oom:

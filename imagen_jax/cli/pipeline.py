@@ -129,6 +129,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help="explicit multi-process set-up: the coordinator address ...")
   parser.add_argument("--num-processes", type=int, help="... the number of processes ...")
   parser.add_argument("--process-id", type=int, help="... and this process's id")
+  parser.add_argument("--init-from", metavar="IF_DIR",
+                      help="fine-tune DeepFloyd IF: the stage's diffusers-format download "
+                      "(IF-I-XL-v1.0/, IF-II-L-v1.0/, ...) whose weights start the run; with "
+                      "configs/if_finetune.py:I or :II")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -146,6 +150,11 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 
 def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
   config = load_run_config(args.config, overrides)
+  if args.init_from:
+    if config.get("model", {}).get("kind") != "deepfloyd_if":
+      raise ConfigError("--init-from starts a DeepFloyd IF fine-tune: use it with "
+                        "configs/if_finetune.py:I (stage I) or :II (stage II)")
+    config.init_from = args.init_from
   initialize_distributed(args)
   from imagen_jax.text.cache import CacheError
   from imagen_jax.train.loop import train
@@ -154,6 +163,31 @@ def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     train(config, args.workdir, progress=not args.no_progress)
   except (CacheError, FileNotFoundError, ValueError) as e:
     raise ConfigError(str(e)) from e
+  return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, metavar="DIR", help="the training workdir")
+  parser.add_argument("--stage", required=True, help="the fine-tuned IF stage, e.g. if_I")
+  parser.add_argument("--out", required=True, metavar="DIR",
+                      help="the new diffusers-format IF directory to write")
+  parser.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
+  parser.add_argument("--step", type=int, default=None, help="a checkpoint (default: newest)")
+  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                      help="cast the weights (default: as trained)")
+
+
+def _run_export(args: argparse.Namespace, overrides: list[str]) -> int:
+  from imagen_jax.cascade import CascadeError
+  from imagen_jax.train.if_finetune import export_stage
+
+  try:
+    out = export_stage(Path(args.workdir) / args.stage, args.out, use_ema=not args.raw,
+                       step=args.step, dtype=args.dtype)
+  except (CascadeError, ValueError, FileNotFoundError) as e:
+    raise ConfigError(str(e)) from e
+  print(f"wrote {out} (diffusers format: unet/, scheduler configs; text_encoder/ and tokenizer/ "
+        "linked from the IF directory the stage started from, when it has them)")
   return 0
 
 
@@ -245,6 +279,17 @@ COMMANDS: tuple[Command, ...] = (
             "interrupted run resumes exactly; SIGTERM saves and exits."),
         add_arguments=_add_train_arguments,
         run=_run_train,
+    ),
+    Command(
+        name="export",
+        help="write a fine-tuned DeepFloyd IF stage as a diffusers-format directory",
+        description=(
+            "The stage's EMA weights (or --raw) as unet/ safetensors with its config, IF's "
+            "scheduler configs and model_index.json, T5 and tokenizer linked from the IF "
+            "download it started from: loadable by diffusers' pipelines and by --pretrained."),
+        add_arguments=_add_export_arguments,
+        run=_run_export,
+        takes_config=False,
     ),
     Command(
         name="plan",

@@ -45,9 +45,10 @@ from imagen_jax.models.unet import UNet, UNetConfig, UNetDenoiser, null_text
 from imagen_jax.text.cache import EmbeddingCache
 from imagen_jax.train.checkpoint import Checkpointer, PreemptionGuard
 from imagen_jax.train.metrics import MetricsWriter, StepTimer
+from imagen_jax.train import if_finetune
 from imagen_jax.train.state import (
   OptimizerConfig,
-  abstract_state,
+  abstract_sharded_state,
   create_sharded_state,
   learning_rate,
   make_optimizer,
@@ -170,6 +171,25 @@ class StageProgram:
     return jax.jit(self.step_fn, in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
 
+  def initial_state(self, seed: int, mesh: jax.sharding.Mesh, rules: shd.Rules,
+                    shardings: Any) -> Any:
+    """A fresh state, initialised directly on the mesh."""
+    del shardings  # the same as create_sharded_state's
+    return create_sharded_state(self.init_params, self.optimizer, seed, mesh, rules)[0]
+
+  def extra_batch(self, null_embedding: Any, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    del null_embedding, mesh  # our stages' null text is zeros, applied inside the step
+    return {}
+
+
+def build_program(config: ml_collections.ConfigDict, text_len: int,
+                  stage_dir: Path | None = None):
+  """The stage's `StageProgram`, or an `IFStageProgram` for a DeepFloyd IF stage
+  (`config.model.kind == "deepfloyd_if"`, train/if_finetune.py)."""
+  if if_finetune.is_if_stage(config):
+    return if_finetune.IFStageProgram.build(config, text_len, stage_dir)
+  return StageProgram.build(config, text_len)
+
 
 def batch_keys(config: ml_collections.ConfigDict) -> list[str]:
   return ["image", "text_embeddings", "text_mask"] + (["lowres"] if config.lowres_resolution
@@ -178,9 +198,13 @@ def batch_keys(config: ml_collections.ConfigDict) -> list[str]:
 
 def batch_shardings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                     ) -> dict[str, Any]:
-  """Every batch array split along its leading (example) dimension over data × fsdp."""
+  """Every batch array split along its leading (example) dimension over data × fsdp (and an IF
+  stage's unconditional text, the same for every example, replicated)."""
   ndim = {"image": 4, "lowres": 4, "text_embeddings": 3, "text_mask": 2}
-  return {k: shd.batch_sharding(mesh, ndim[k]) for k in batch_keys(config)}
+  sh = {k: shd.batch_sharding(mesh, ndim[k]) for k in batch_keys(config)}
+  if if_finetune.is_if_stage(config):
+    sh["null_text"] = shd.replicated(mesh)
+  return sh
 
 
 def global_batch(local: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
@@ -216,6 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
   workdir = Path(workdir)
   stage_dir = workdir / config.stage
   stage_dir.mkdir(parents=True, exist_ok=True)
+  if if_finetune.is_if_stage(config):
+    if_finetune.resolve_config(config, stage_dir)
   if jax.process_index() == 0:
     (stage_dir / "config.json").write_text(config_to_json(config))
   tc = config.train
@@ -224,23 +250,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
                         "tensor": config.mesh.tensor}, devices)
   rules = shd.rules_from_config(config.mesh.get("rules"))
   iterator, cache = open_data(config, workdir, process_index, process_count)
-  program = StageProgram.build(config, cache.spec.max_length)
+  is_if = if_finetune.is_if_stage(config)
+  if is_if:
+    if tc.sample_every:
+      raise ValueError("train.sample_every is not supported for DeepFloyd IF stages yet: set it "
+                       "to 0 and sample the checkpoints with imagen-jax sample --workdir")
+    null_text = if_finetune.read_null_embedding(cache)
+    if_finetune.prepare_stage_dir(config, stage_dir)
+  program = build_program(config, cache.spec.max_length, stage_dir)
   step_cfg = program.step_config
-  state, shardings = create_sharded_state(program.init_params, program.optimizer, tc.seed, mesh,
-                                          rules)
-  num_params = param_count(state.params)
+  target, shardings = abstract_sharded_state(program.init_params, program.optimizer, mesh, rules)
+  num_params = param_count(target.params)
   config_dict = json.loads(config_to_json(config))
   with Checkpointer(stage_dir / "checkpoints", max_to_keep=tc.keep_checkpoints,
                     save_interval_steps=tc.checkpoint_every) as ckpt, \
       PreemptionGuard() as guard, MetricsWriter(stage_dir) as writer:
     start = 0
-    restored = ckpt.restore(abstract_state(state, shardings))
+    restored = ckpt.restore(target)  # before any initialisation: IF's weights are read only once
     if restored is not None:
       state, start = restored.state, restored.step
       iterator.set_state(restored.data_state)
       print(f"[{config.stage}] resumed from step {start}")
+    else:
+      state = program.initial_state(tc.seed, mesh, rules, shardings)
+      if is_if:
+        print(f"[{config.stage}] initialised from {program.weights_dir}")
     print(f"[{config.stage}] {num_params / 1e6:.2f}M parameters; mesh "
           f"{dict(mesh.shape)}; global batch {tc.batch_size}; steps {start} → {tc.num_steps}")
+    extra = program.extra_batch(null_text if is_if else None, mesh)
     batch_sh = batch_shardings(config, mesh)
     compiled = program.jit_step(shardings, batch_sh, mesh)
     timer = StepTimer()
@@ -251,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     while step < tc.num_steps:
       local = next(iterator)
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, metrics = compiled(state, global_batch(local, batch_sh))
+        state, metrics = compiled(state, {**global_batch(local, batch_sh), **extra})
       step += 1
       pending.append(metrics)
       bar.update(1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -96,28 +97,42 @@ def make_train_step(config: StepConfig, optimizer: optax.GradientTransformation,
       return jnp.mean(per_example)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def apply_update(_):
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      decay = ema_decay_at(state.step, config.ema_decay, config.ema_warmup)
-      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-      return params, opt_state, ema
-
-    def keep_state(_):
-      return state.params, state.opt_state, state.ema_params
-
-    # A branch, not a select over every leaf: skipping is rare, and `where(finite, new, old)` on
-    # parameters, optimiser state and EMA costs a full extra pass over the train state each step.
-    params, opt_state, ema = jax.lax.cond(finite, apply_update, keep_state, None)
-    skipped = (~finite).astype(jnp.int32)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state, nonfinite_total=state.nonfinite_total + skipped,
-                              nonfinite_run=(state.nonfinite_run + 1) * skipped)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate(state.step),
-               "skipped": skipped, "nonfinite_run": new_state.nonfinite_run}
-    return new_state, metrics
+    return apply_gradients(state, loss, grads, optimizer, learning_rate, config.ema_decay,
+                           config.ema_warmup)
 
   return step
+
+
+def apply_gradients(state: TrainState, loss: Array, grads: Any,
+                    optimizer: optax.GradientTransformation,
+                    learning_rate: Callable[[Array], Array], ema_decay: float,
+                    ema_warmup: bool = True, extra_metrics: dict[str, Array] | None = None
+                    ) -> tuple[TrainState, dict[str, Array]]:
+  """Steps 5 and 6 of every stage's train step (ours and DeepFloyd IF's, `train/if_finetune.py`):
+  the update, unless the loss or the gradient norm is not finite (then parameters and optimiser
+  state are kept and the skip is counted), and the warmed-up EMA. Returns the new state and the
+  step's metrics (plus `extra_metrics`)."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  def apply_update(_):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    return params, opt_state, ema
+
+  def keep_state(_):
+    return state.params, state.opt_state, state.ema_params
+
+  # A branch, not a select over every leaf: skipping is rare, and `where(finite, new, old)` on
+  # parameters, optimiser state and EMA costs a full extra pass over the train state each step.
+  params, opt_state, ema = jax.lax.cond(finite, apply_update, keep_state, None)
+  skipped = (~finite).astype(jnp.int32)
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                            opt_state=opt_state, nonfinite_total=state.nonfinite_total + skipped,
+                            nonfinite_run=(state.nonfinite_run + 1) * skipped)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate(state.step),
+             "skipped": skipped, "nonfinite_run": new_state.nonfinite_run,
+             **(extra_metrics or {})}
+  return new_state, metrics
