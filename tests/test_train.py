@@ -267,21 +267,21 @@ def _wait_for_step(stage_dir, step, proc, timeout=240):
 
 def test_sigkill_then_resume_reproduces_an_uninterrupted_run(prepared, tmp_path):
   """Killed with SIGKILL mid-run and restarted, training resumes from its last checkpoint (state
-  and data-iterator position) and then logs exactly the losses of an uninterrupted run."""
+  and data-iterator position) and then logs exactly the losses of an uninterrupted run — here
+  the same config trained in this process (its step compiled once: the subprocesses see 8
+  devices as this process does, and the suite's XLA cache serves them its executable)."""
   dataset, work = prepared
   for d in ("a", "b"):
     (tmp_path / d).mkdir()
     (tmp_path / d / "text_cache").symlink_to(work / "text_cache")
   args = lambda d: _train_args(dataset, tmp_path / d, 20, **{"train.checkpoint_every": 4})
-  reference = _cli(args("a"))
-  # Started once the reference has compiled: the two then share the run's compilation cache.
-  _wait_for_step(tmp_path / "a" / "base64", 1, reference)
-  interrupted = _cli(args("b"))
+  train(tiny_config(dataset, 20, **{**MICRO, "train.checkpoint_every": 4}), tmp_path / "a",
+        progress=False)
+  interrupted = _cli(args("b"), env_devices=8)
   _wait_for_step(tmp_path / "b" / "base64", 9, interrupted)
   interrupted.send_signal(signal.SIGKILL)
   interrupted.wait()
-  assert reference.wait(timeout=600) == 0, reference.stdout.read()
-  resumed = _cli(args("b"))
+  resumed = _cli(args("b"), env_devices=8)
   out = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, out
   resumed_at = int(re.search(r"resumed from step (\d+)", out).group(1))
@@ -296,7 +296,9 @@ def test_sigkill_then_resume_reproduces_an_uninterrupted_run(prepared, tmp_path)
 def test_sigterm_saves_the_current_step_and_exits_cleanly(prepared, tmp_path):
   dataset, work = prepared
   (tmp_path / "text_cache").symlink_to(work / "text_cache")
-  proc = _cli(_train_args(dataset, tmp_path, 10_000, **{"train.checkpoint_every": 1000}))
+  # 8 devices, as the SIGKILL test's runs: the same program, compiled once
+  proc = _cli(_train_args(dataset, tmp_path, 10_000, **{"train.checkpoint_every": 1000}),
+              env_devices=8)
   _wait_for_step(tmp_path / "base64", 3, proc)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0]
