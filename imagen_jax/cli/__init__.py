@@ -5,7 +5,7 @@
 Each subcommand is a `Command`: a function adding its arguments to its parser and a function
 running it from the parsed arguments and the `--config.a.b=value` overrides. To add one, write
 those two functions and append a `Command` to the `COMMANDS` of its module: `pipeline` (building
-a cascade: data, encode, train, plan, demo, toy) or `cascade` (using a trained one: sample,
+a cascade: data, encode, train, export, plan, demo, toy) or `cascade` (using a trained one: sample,
 upscale, eval). `command` holds `Command` and the config loading they share.
 Heavy imports (JAX, Flax) happen inside the run functions, so `--help` stays instant.
 """
