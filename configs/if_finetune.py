@@ -17,7 +17,7 @@ I's downloads do); a stage II fine-tune names stage I's directory, whose T5 enco
 Defaults are a conservative full fine-tune: AdamW at 1e-6 after 100 warm-up steps, clipping at
 1.0, 10% text dropout, EMA 0.999 with warm-up, float32 master weights with bfloat16 compute and
 remat. diffusers' DreamBooth guide fine-tunes the full IF-I-XL at 1e-7 on a handful of images and
-warns that higher rates degrade it; 1e-6 assumes a dataset and a batch of 32 — lower it for a few
+warns that higher rates degrade it; 1e-6 assumes a dataset — lower it for a few
 images. Unlike diffusers' scripts, which train ε only and switch the fine-tuned model to a fixed
 variance, the learned-range variance is trained too (IF's own hybrid objective), so the stage
 keeps IF's schedulers. IF-I-XL's 4.3B parameters with EMA and Adam's two moments take 69 GB in
@@ -60,7 +60,7 @@ def get_config(arg: str = "I"):
   config.data.simulate_hosts = 0
 
   config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 32
+  config.train.batch_size = 8  # fits a v5e-8 with fsdp=8 (benchmarks/RESULTS.md)
   config.train.num_steps = 2000
   config.train.optimizer = "adamw"
   config.train.lr = 1e-6

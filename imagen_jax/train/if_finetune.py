@@ -110,6 +110,16 @@ def noised_lowres(noising: DiscreteSchedule, lowres: Array, size: int, key: Arra
   return jnp.sqrt(alpha_bar) * up + jnp.sqrt(1.0 - alpha_bar) * noise, levels
 
 
+def cast_kernels(params: Any, dtype: str) -> Any:
+  """Weights of rank ≥ 2 (kernels, embeddings) cast to the compute dtype before the forward pass,
+  as each layer would cast them anyway; norms and biases stay as stored. Under fsdp the all-gather
+  then moves — and the backward pass keeps — the compute-dtype copy: IF-I-XL's gathered weights
+  are 8.6 GB in bfloat16 instead of 17.2 GB in float32. A no-op when they already match."""
+  target = jnp.dtype(dtype)
+  return jax.tree.map(lambda p: p.astype(target) if p.ndim >= 2 and p.dtype != target else p,
+                      params)
+
+
 def make_if_train_step(config: IFStepConfig, optimizer: optax.GradientTransformation,
                        learning_rate: Callable[[Array], Array]
                        ) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict]]:
@@ -136,7 +146,8 @@ def make_if_train_step(config: IFStepConfig, optimizer: optax.GradientTransforma
       sample = jnp.concatenate([x_t, lowres], axis=-1)
 
     def loss_fn(params):
-      out = model.apply({"params": params}, sample, t, text, None, labels)
+      out = model.apply({"params": cast_kernels(params, config.unet.dtype)}, sample, t, text,
+                        None, labels)
       per_example, terms = hybrid_loss(tables, x0, noise, x_t, t, out.astype(jnp.float32))
       return jnp.mean(per_example), {k: jnp.mean(v) for k, v in terms.items()}
 
