@@ -5,8 +5,9 @@
     python -m imagen_jax.plan_if --unet tests/data/if_configs/IF-II-L-v1.0.json \\
         --topology v4:2x2x1 --mesh fsdp=-1 --batch 4 --resolution 256
 
-`imagen-jax plan` (`imagen_jax.plan`) compiles our own stages from their configs; an IF U-Net is
-read from a diffusers `unet/config.json` instead, and what is planned is sampling, not training:
+`imagen-jax plan` (`imagen_jax.plan`) compiles a stage config's train step and whole sampler —
+ours, and IF fine-tune configs (configs/if_finetune.py) given an IF directory with its scheduler
+configs. This planner needs only a diffusers `unet/config.json`, and plans sampling's cost alone:
 the step every sampler repeats, one classifier-free-guided forward of the U-Net
 (`imagen_jax.diffusion.guidance.guided_output` over `IFDenoiser`, both branches in one batch of
 2 × batch rows, T5-XXL text of 77 × 4096; stage II adds the upscaled low-res image and its noise

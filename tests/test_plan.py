@@ -91,3 +91,24 @@ def test_tpu_plan_fits_and_oom_is_reported(tmp_path, capsys):
   config = micro_config(f"train.batch_size={2 ** 20}")
   plan = plan_stage(config, "v5e:2x2", sample=False)
   assert not plan.fits and "HBM" in plan.train.oom
+
+
+def test_if_sampling_plan_on_cpu_devices():
+  """`plan_if_sampling` on 8 CPU devices (fsdp=8) for the tiny IF stage II layout at 16 px: the
+  parameter shards hold at least 1/8 of the model's bytes and well under a replicated copy (a
+  weight fsdp cannot split stays whole), its inputs include the guided batch (2 × 4 rows), and XLA's
+  arguments are at least the parameters and inputs."""
+  import math
+
+  from imagen_jax.plan_if import format_if_plan, plan_if_sampling
+  from tests.test_if_unet import STAGE_II
+
+  plan = plan_if_sampling({**STAGE_II, "layers_per_block": 1}, "cpu:8", mesh="fsdp=-1", batch=4,
+                          resolution=16, dtype="float32", devices=jax.devices()[:8])
+  assert plan.mesh["fsdp"] == 8 and plan.batch == 4
+  total = 4 * plan.num_params
+  assert total / 8 <= plan.param_bytes < total / 4  # sharded, not replicated
+  assert plan.input_bytes >= 2 * 4 * 16 * 16 * 6 * 4 / 8  # the guided rows' 6 input channels
+  assert not plan.forward.oom and plan.forward.arguments >= plan.param_bytes
+  assert plan.forward.flops > 0 and math.isfinite(plan.forward.peak)
+  assert "fits" in format_if_plan(plan)

@@ -52,7 +52,7 @@ from imagen_jax.diffusion.schedules import DiscreteSchedule
 from imagen_jax.models.if_config import IFUNetConfig
 from imagen_jax.models.if_unet import IFUNet
 from imagen_jax.models.if_weights import load_if_unet
-from imagen_jax.train.state import TrainState
+from imagen_jax.train.state import TrainState, init_state
 from imagen_jax.train.step import apply_gradients
 
 Array = jax.Array
@@ -97,17 +97,17 @@ def drop_text_to_null(key: Array, embeddings: Array, null: Array, p_uncond: floa
 
 def noised_lowres(noising: DiscreteSchedule, lowres: Array, size: int, key: Array,
                   max_level: int) -> tuple[Array, Array]:
-  """Stage II's conditioning in training: `lowres` upsampled with aligned corners to `size` and
-  noised at an integer level drawn uniformly in [0, max_level) per example (also returned: the
-  U-Net's class labels)."""
-  from imagen_jax.pretrained.deepfloyd_if import upsample_align_corners
+  """Stage II's conditioning in training: what `IFStage.lowres_cond` does at sampling time
+  (`_noised_upscale`: aligned-corner upsampling to `size`, then the image-noising schedule's
+  α·x + σ·z), at an integer level drawn uniformly in [0, max_level) per example (also returned:
+  the U-Net's class labels)."""
+  from imagen_jax.pretrained.deepfloyd_if import _noised_upscale
 
   level_key, noise_key = jax.random.split(key)
   levels = jax.random.randint(level_key, (lowres.shape[0],), 0, max_level)
   alpha_bar = jnp.asarray(noising.alphas_cumprod(), jnp.float32)[levels][:, None, None, None]
-  up = upsample_align_corners(lowres, size)
-  noise = jax.random.normal(noise_key, up.shape, jnp.float32)
-  return jnp.sqrt(alpha_bar) * up + jnp.sqrt(1.0 - alpha_bar) * noise, levels
+  return _noised_upscale(lowres, size, noise_key, jnp.sqrt(alpha_bar),
+                         jnp.sqrt(1.0 - alpha_bar)), levels
 
 
 def cast_kernels(params: Any, dtype: str) -> Any:
@@ -287,22 +287,15 @@ class IFStageProgram:
       raise ValueError(f"{unet_dir}/config.json is not the U-Net this stage was started from "
                        f"(its copy in the workdir differs); point --init-from at the same "
                        "IF directory, or start a new workdir")
-    optimizer = self.optimizer
-    rng = jax.random.key_data(jax.random.split(jax.random.key(seed))[1])
-
-    def make(p):
-      zero = jnp.zeros((), jnp.int32)
-      return TrainState(step=zero, params=p, ema_params=jax.tree.map(jnp.copy, p),
-                        opt_state=optimizer.init(p), rng=rng, nonfinite_total=zero,
-                        nonfinite_run=zero)
-
+    # `init_state` with the loaded weights in place of a random init (same key use as ours)
+    make = lambda p: init_state(lambda _: p, self.optimizer, jax.random.key(seed))
     with jax.set_mesh(mesh):
       return jax.jit(make, out_shardings=shardings, donate_argnums=0)(params)
 
-  def extra_batch(self, null_embedding: np.ndarray, mesh: jax.sharding.Mesh) -> dict[str, Array]:
-    """Inputs every step takes besides the data: the unconditional text (1, L, D), on the
-    devices once."""
-    null = np.asarray(null_embedding, np.float32)[None]
+  def extra_batch(self, cache: Any, mesh: jax.sharding.Mesh) -> dict[str, Array]:
+    """Inputs every step takes besides the data: the unconditional text (1, L, D) from the
+    embedding cache, put on the devices once."""
+    null = read_null_embedding(cache)[None]
     return {"null_text": jax.device_put(null, shd.replicated(mesh))}
 
 
@@ -323,14 +316,12 @@ def check_resolutions(config: ml_collections.ConfigDict, unet: IFUNetConfig) -> 
 
 def read_null_embedding(cache: Any) -> np.ndarray:
   """The cache's unconditional text, checked to be IF's (the encoding of "", not zeros)."""
-  null = getattr(cache, "null_embedding", None)
-  if null is None or not np.any(null):
+  if not np.any(cache.null_embedding):
     raise ValueError("the text-embedding cache has no encoding of \"\" (IF's unconditional input "
                      "for classifier-free guidance): encode the captions with the IF directory's "
                      "T5 — imagen-jax encode --config configs/text.py --workdir W "
                      "--config.text.encoder=IF_DIR --config.text.max_length=77")
-  return np.asarray(null, np.float32)
-
+  return np.asarray(cache.null_embedding, np.float32)
 
 
 # ---- Export -------------------------------------------------------------------------------------

@@ -177,8 +177,8 @@ class StageProgram:
     del shardings  # the same as create_sharded_state's
     return create_sharded_state(self.init_params, self.optimizer, seed, mesh, rules)[0]
 
-  def extra_batch(self, null_embedding: Any, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    del null_embedding, mesh  # our stages' null text is zeros, applied inside the step
+  def extra_batch(self, cache: Any, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    del cache, mesh  # our stages' null text is zeros, applied inside the step
     return {}
 
 
@@ -240,7 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
   workdir = Path(workdir)
   stage_dir = workdir / config.stage
   stage_dir.mkdir(parents=True, exist_ok=True)
-  if if_finetune.is_if_stage(config):
+  is_if = if_finetune.is_if_stage(config)
+  if is_if:
     if_finetune.resolve_config(config, stage_dir)
   if jax.process_index() == 0:
     (stage_dir / "config.json").write_text(config_to_json(config))
@@ -250,12 +251,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
                         "tensor": config.mesh.tensor}, devices)
   rules = shd.rules_from_config(config.mesh.get("rules"))
   iterator, cache = open_data(config, workdir, process_index, process_count)
-  is_if = if_finetune.is_if_stage(config)
   if is_if:
     if tc.sample_every:
       raise ValueError("train.sample_every is not supported for DeepFloyd IF stages yet: set it "
                        "to 0 and sample the checkpoints with imagen-jax sample --workdir")
-    null_text = if_finetune.read_null_embedding(cache)
+    if_finetune.read_null_embedding(cache)  # before any weights are read
     if_finetune.prepare_stage_dir(config, stage_dir)
   program = build_program(config, cache.spec.max_length, stage_dir)
   step_cfg = program.step_config
@@ -277,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
         print(f"[{config.stage}] initialised from {program.weights_dir}")
     print(f"[{config.stage}] {num_params / 1e6:.2f}M parameters; mesh "
           f"{dict(mesh.shape)}; global batch {tc.batch_size}; steps {start} → {tc.num_steps}")
-    extra = program.extra_batch(null_text if is_if else None, mesh)
+    extra = program.extra_batch(cache, mesh)
     batch_sh = batch_shardings(config, mesh)
     compiled = program.jit_step(shardings, batch_sh, mesh)
     timer = StepTimer()
