@@ -56,6 +56,8 @@ _SAFE_SIZES = ("tiny", "small", "base")  # Run without --force.
 _RESULT_PREFIX = "T5_ENCODE_RESULT "
 _COLUMNS = (  # (header, key, format)
   ("size", "size", "{}"),
+  ("devices", "devices_used", "{}"),
+  ("mesh", "mesh", "{}"),
   ("params", "params_m", "{:.1f}M"),
   ("batch", "batch_size", "{}"),
   ("max_len", "max_length", "{}"),
@@ -125,14 +127,17 @@ def prepare(size: str, directory: str, seed: int = 0) -> None:
 
 
 def measure(size: str, directory: str, *, batch_size: int, max_length: int, tokens: int,
-            repeats: int, dtype: str, seed: int = 0) -> dict[str, Any]:
-  """Loads the checkpoint in `directory`, compiles and times the encoder; returns the metrics."""
+            repeats: int, dtype: str, seed: int = 0, mesh: str = "") -> dict[str, Any]:
+  """Loads the checkpoint in `directory`, compiles and times the encoder; returns the metrics.
+  mesh: e.g. "data=-1" — the weights placed and the batch split over this process's devices as
+  `imagen-jax encode` does (`text.mesh`); "" = one device."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
+  from imagen_jax import sharding as shd
   # The exact function `TextEncoder` jits: T5Encoder(config).apply, params as an argument.
-  from imagen_jax.text.encoder import _apply
+  from imagen_jax.text.encoder import _apply, local_mesh, t5_param_shardings
   from imagen_jax.text.weights import load_t5_encoder, read_config
 
   # Warm up what loading uses besides the weights (backend, imports, the abstract init that
@@ -146,11 +151,13 @@ def measure(size: str, directory: str, *, batch_size: int, max_length: int, toke
   # As TextEncoder.from_directory(param_dtype=..., dtype=...): bfloat16 runs also store bf16.
   param_dtype = None if dtype == "float32" else jnp.dtype(dtype)
   config, params = load_t5_encoder(directory, dtype=param_dtype)
-  params = jax.block_until_ready(jax.device_put(params))
+  config = dataclasses.replace(config, dtype=jnp.dtype(dtype))
+  the_mesh = local_mesh(mesh) if mesh else None
+  placement = t5_param_shardings(config, the_mesh) if the_mesh else None
+  params = jax.block_until_ready(jax.device_put(params, placement))
   load_s = time.perf_counter() - start
   gc.collect()
   load_rss_delta = _rss_mb() - rss_before
-  config = dataclasses.replace(config, dtype=jnp.dtype(dtype))
 
   rng = np.random.default_rng(seed)
   tokens = min(tokens, max_length)
@@ -159,7 +166,8 @@ def measure(size: str, directory: str, *, batch_size: int, max_length: int, toke
   ids[:, tokens - 1] = 1  # EOS
   mask = np.zeros((batch_size, max_length), bool)
   mask[:, :tokens] = True
-  ids, mask = jax.device_put(ids), jax.device_put(mask)
+  rows = shd.batch_sharding(the_mesh, 2) if the_mesh else None
+  ids, mask = jax.device_put(ids, rows), jax.device_put(mask, rows)
 
   fn = jax.jit(lambda p, i, m: _apply(config, p, i, m))
   start = time.perf_counter()
@@ -168,7 +176,8 @@ def measure(size: str, directory: str, *, batch_size: int, max_length: int, toke
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
     cost = cost[0] if cost else {}
-  flops = float((cost or {}).get("flops", float("nan")))
+  flops = float((cost or {}).get("flops", float("nan")))  # per device
+  flops *= len(the_mesh.devices.flat) if the_mesh else 1  # the whole batch's
 
   out = jax.block_until_ready(compiled(params, ids, mask))  # Warm-up.
   if not bool(jnp.isfinite(out).all()):
@@ -180,6 +189,8 @@ def measure(size: str, directory: str, *, batch_size: int, max_length: int, toke
     times.append(time.perf_counter() - start)
   step = statistics.median(times)
   return {
+    "devices_used": len(the_mesh.devices.flat) if the_mesh else 1,
+    "mesh": ",".join(f"{k}={v}" for k, v in the_mesh.shape.items() if v > 1) if the_mesh else "-",
     "size": size, "params": n_params, "params_m": n_params / 1e6, "batch_size": batch_size,
     "max_length": max_length, "tokens": tokens, "dtype": dtype, "load_s": load_s,
     "compile_s": compile_s, "times_s": times, "ms_per_batch": step * 1e3,
@@ -205,7 +216,8 @@ def _worker_command(args: argparse.Namespace, mode: str, size: str, directory: s
   return [sys.executable, "-m", "benchmarks.t5_encode", f"--_worker={mode}", f"--sizes={size}",
           f"--_dir={directory}", f"--dtype={dtype}", f"--batch-size={args.batch_size}",
           f"--max-length={args.max_length}", f"--tokens={args.tokens}",
-          f"--repeats={args.repeats}", f"--seed={args.seed}"]
+          f"--repeats={args.repeats}", f"--seed={args.seed}", f"--mesh={args.mesh}",
+          f"--devices={args.devices}"]
 
 
 def run_size(args: argparse.Namespace, size: str, dtypes: list[str]) -> list[dict[str, Any]]:
@@ -220,9 +232,13 @@ def run_size(args: argparse.Namespace, size: str, dtypes: list[str]) -> list[dic
     mb = (Path(directory) / "model.safetensors").stat().st_size / 2**20
     print(f"[{size}] random float32 checkpoint written ({mb:.0f} MB) in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
+    env = dict(os.environ)
+    if args.devices > 1:  # virtual CPU devices of the measuring process
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count={args.devices}").strip()
     for dtype in dtypes:
       proc = subprocess.run(_worker_command(args, "measure", size, directory, dtype), cwd=cwd,
-                            check=True, stdout=subprocess.PIPE, text=True)
+                            check=True, stdout=subprocess.PIPE, text=True, env=env)
       lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT_PREFIX)]
       if not lines:
         raise RuntimeError(f"{size}/{dtype}: the worker printed no result:\n{proc.stdout}")
@@ -249,6 +265,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="compute dtype(s), comma-separated: float32, bfloat16 (bfloat16 also "
                            "casts the weights on load, as TextEncoder's param_dtype)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="CPU devices of the measuring process (XLA host devices; on this "
+                           "machine they share its cores)")
+  parser.add_argument("--mesh", default="",
+                      help="encode over a mesh of those devices as `imagen-jax encode` does, "
+                           "e.g. data=-1 or fsdp=-1 (default: one device)")
   parser.add_argument("--force", action="store_true",
                       help="also run sizes above base (may exceed this machine's RAM)")
   parser.add_argument("--json", help="also write the result rows to this JSON file")
@@ -276,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
   if args._worker == "measure":
     row = measure(args.size_list[0], args._dir, batch_size=args.batch_size,
                   max_length=args.max_length, tokens=args.tokens, repeats=args.repeats,
-                  dtype=args.dtype_list[0], seed=args.seed)
+                  dtype=args.dtype_list[0], seed=args.seed, mesh=args.mesh)
     print(_RESULT_PREFIX + json.dumps(row), flush=True)
     return
 

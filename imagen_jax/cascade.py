@@ -243,10 +243,10 @@ def chain_stages(stages: Sequence[CascadeStage]) -> list[CascadeStage]:
 def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder:
   """The text encoder the stages were trained with (a T5 or DeepFloyd IF directory, as
   `imagen-jax encode` loaded it); checked against the training cache."""
-  from imagen_jax.text.encode import cache_dir_for, load_encoder
+  from imagen_jax.text.encode import cache_dir_for, load_encoder, resolve_encoder_dir
 
-  directory = Path(config.text.encoder) if config.text.encoder else \
-      workdir / "text" / "default_t5"
+  directory = (resolve_encoder_dir(config, workdir) if config.text.encoder else
+               workdir / "text" / "default_t5")
   if not directory.is_dir():
     raise CascadeError(f"text encoder {directory} not found (config.text.encoder, or the "
                        "embedded default built by `imagen-jax encode`)")

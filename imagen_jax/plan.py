@@ -87,17 +87,10 @@ def parse_mesh(text: str | None, config: ml_collections.ConfigDict) -> dict[str,
   """'data=-1,fsdp=8' (unnamed axes 1) or, when empty, the config's mesh section."""
   if not text:
     return {a: int(config.mesh[a]) for a in shd.MESH_AXES}
-  shape = dict.fromkeys(shd.MESH_AXES, 1)
-  for part in text.split(","):
-    name, sep, value = part.partition("=")
-    if not sep or name.strip() not in shd.MESH_AXES:
-      raise PlanError(f"--mesh {text!r}: expected comma-separated AXIS=SIZE with AXIS in "
-                      f"{shd.MESH_AXES}, e.g. data=-1,fsdp=8")
-    try:
-      shape[name.strip()] = int(value)
-    except ValueError as e:
-      raise PlanError(f"--mesh {text!r}: size of {name.strip()!r} is not an integer") from e
-  return shape
+  try:
+    return shd.parse_mesh_shape(text)
+  except ValueError as e:
+    raise PlanError(f"--mesh {e}") from None
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -300,6 +293,16 @@ def _gib(b: float) -> str:
   return f"{b / GIB:.2f}"
 
 
+def figures_line(fig: CompiledFigures, hbm_bytes: float, label: str = "") -> str:
+  """XLA's per-device memory figures of one program and whether its peak fits `hbm_bytes`."""
+  if fig.oom:
+    return f"  {label}DOES NOT FIT — {fig.oom}"
+  return (f"  {label}XLA per device, GiB: arguments {_gib(fig.arguments)}  temporaries "
+          f"{_gib(fig.temporaries)}  outputs {_gib(fig.outputs)}  donated {_gib(fig.aliased)}  "
+          f"code {_gib(fig.code)}  → peak {_gib(fig.peak)} "
+          f"({'fits' if fig.peak <= hbm_bytes else 'DOES NOT FIT'})")
+
+
 def format_plan(plan: Plan) -> str:
   """A human-readable report: per-device memory (GiB), FLOPs, fit."""
   mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
@@ -316,13 +319,9 @@ def format_plan(plan: Plan) -> str:
                                                     f"{plan.sample_steps} steps, CFG)")):
     if fig is None:
       continue
+    lines.append(figures_line(fig, plan.hbm_bytes, f"{name}{extra}: "))
     if fig.oom:
-      lines.append(f"  {name}{extra}: DOES NOT FIT — {fig.oom}")
       continue
-    lines.append(f"  {name}{extra}, XLA per device, GiB: arguments {_gib(fig.arguments)}  "
-                 f"temporaries {_gib(fig.temporaries)}  outputs {_gib(fig.outputs)}  donated "
-                 f"{_gib(fig.aliased)}  code {_gib(fig.code)}  → peak {_gib(fig.peak)} "
-                 f"({'fits' if fig.peak <= plan.hbm_bytes else 'DOES NOT FIT'})")
     lines.append(f"    {fig.flops / 1e12:.2f} TFLOP per device, "
                  f"{fig.flops * plan.num_devices / 1e15:.3f} PFLOP in total")
   return "\n".join(lines)

@@ -171,12 +171,9 @@ def format_if_plan(plan: IFSamplingPlan) -> str:
            f"{plan.batch} prompts ({2 * plan.batch} rows) at {plan.resolution}² px",
            f"  per device, GiB (from the shardings): params {gib(plan.param_bytes)}  inputs "
            f"{gib(plan.input_bytes)}"]
+  lines.append(planner.figures_line(fig, plan.hbm_bytes))
   if fig.oom:
-    lines.append(f"  DOES NOT FIT — {fig.oom}")
     return "\n".join(lines)
-  lines.append(f"  XLA per device, GiB: arguments {gib(fig.arguments)}  temporaries "
-               f"{gib(fig.temporaries)}  outputs {gib(fig.outputs)}  code {gib(fig.code)}  → peak "
-               f"{gib(fig.peak)} ({'fits' if plan.fits else 'DOES NOT FIT'})")
   lines.append(f"  {fig.flops / 1e12:.2f} TFLOP per device, "
                f"{fig.flops * plan.num_devices / 1e12:.2f} TFLOP in total per guided forward")
   return "\n".join(lines)

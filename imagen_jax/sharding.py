@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from imagen_jax.mesh_spec import MESH_AXES, parse_mesh_shape  # noqa: F401 (re-exported)
+
 Rules = Sequence[tuple[str, Any]]
 
 # logical name → mesh axes. Batch over data and fsdp; weights' input dims over fsdp, output dims

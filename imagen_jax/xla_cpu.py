@@ -20,9 +20,11 @@ It only changes XLA:CPU; TPU and GPU programs are unaffected. It is *not* added 
 XLA reads `XLA_FLAGS` once, when the first JAX backend starts: import `imagen_jax` before running
 anything in JAX (importing `jax` first is fine) for the default to take effect.
 
-`skip_absent_tpu` (called by the `imagen-jax` command line, not on import) keeps JAX off the TPU
-backend where libtpu is installed but no TPU is attached, so commands start without libtpu's
-initialisation errors.
+`skip_absent_tpu` (called when `imagen_jax` is imported, and again by the `imagen-jax` command
+line) keeps JAX off the TPU backend where libtpu is installed but no TPU is attached, so programs
+start without libtpu's initialisation errors; a TPU VM (its device nodes), a GPU plugin or
+`JAX_PLATFORMS` set by you leave it alone. Compile-only TPU topologies (`imagen-jax plan`) work
+either way.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ commands:
   install   copy the code to every worker, mount gs://BUCKET at /gcs/BUCKET, install jax[tpu]
             and imagen_jax in ~/imagen-venv
   train     start one cascade stage's training on all workers (background, log per worker)
-  encode    start the text-encoding job (imagen-jax encode) on one worker of a single-host VM
+  encode    start the text-encoding job (imagen-jax encode --distributed) on every worker
   exec      run a command in ~/imagen_jax on one worker (imagen-jax sample, data, eval, ...)
   logs      follow the log of a job on one worker (default: worker 0, the latest job)
   status    the TPU's state, and on every worker whether its jobs are running
@@ -134,19 +134,20 @@ EOF
 usage_encode() {
   cat <<'EOF'
 usage: launch/tpu.sh encode --name NAME --zone ZONE --bucket BUCKET --run RUN --captions SPEC
-                            [--splits train,test] [--encoder DIR] [--worker N] [-- OVERRIDES]
+                            [--splits train,test] [--encoder DIR] [--worker N|all] [-- OVERRIDES]
 
-Starts `imagen-jax encode --config configs/text.py --workdir /gcs/BUCKET/imagen/runs/RUN` in the
-background on one worker (log ~/imagen-logs/encode.log). It is one process: run it on a
-single-host TPU VM (v4-8, v5p-8, v5litepod-8, v6e-8 or smaller); on one host of a multi-host
-slice JAX would wait for the other hosts.
+Starts `imagen-jax encode --config configs/text.py --workdir /gcs/BUCKET/imagen/runs/RUN
+--distributed` in the background on every worker (log ~/imagen-logs/encode.log): each host
+encodes its own share of the caption shards on its own chips (the weights replicated on each chip,
+`-- --config.text.mesh=fsdp=-1` to split them), resumes only its own unfinished shards when
+re-run after a preemption, and host 0 writes the cache's manifest.
 
   --captions SPEC   tfds:DIR (a prepared dataset) or file:PATH (JSONL); gs://BUCKET/... allowed
   --splits LIST     the splits to encode (default: train)
   --encoder DIR     a Hugging Face T5 checkpoint dir, e.g. gs://BUCKET/imagen/models/t5-v1_1-xxl;
                     loaded in bfloat16 (override with -- --config.text.param_dtype=...); without
                     it the embedded tiny T5 is used
-  --worker N        the worker to run on (default 0)
+  --worker N        one process on worker N only (single-host TPU VMs; default: all workers)
 EOF
 }
 
@@ -540,15 +541,17 @@ cmd_encode() {
   require NAME ZONE BUCKET RUN CAPTIONS
   check_bucket
   check_run
-  check_worker
+  check_worker all
   check_overrides
   local kind=${CAPTIONS%%:*}
   if [[ $CAPTIONS != *:* || ($kind != tfds && $kind != file) ]]; then
     die "--captions '$CAPTIONS' must be tfds:DIR (a prepared dataset) or file:PATH (captions JSONL)"
   fi
   worker_path "${CAPTIONS#*:}"
+  local where=${WORKER:-all}
   local command=(imagen-jax encode --config configs/text.py --workdir "$(workdir)"
     "--config.data.captions=$kind:$WPATH")
+  if [[ $where == all ]]; then command+=(--distributed); fi
   if [[ -n $SPLITS ]]; then command+=("--config.data.splits=$SPLITS"); fi
   if [[ -n $ENCODER ]]; then
     worker_path "$ENCODER"
@@ -556,17 +559,17 @@ cmd_encode() {
       --config.text.dtype=bfloat16)
   fi
   command+=("${REST[@]}")
-  if ((!DRY_RUN)); then
+  if ((!DRY_RUN)) && [[ $where != all ]]; then
     local type
     type=$(gcloud compute tpus tpu-vm describe "$NAME" "${LOC[@]}" \
       --format 'value(acceleratorType)')
     ACCEL=${type##*/}
     accelerator_info
-    ((WORKERS == 1)) || fail "$NAME ($ACCEL) has $WORKERS hosts, and encode runs one process:" \
-      "on one host of a multi-host slice JAX waits for the others. Encode on a single-host" \
-      "TPU VM (e.g. v4-8, v5litepod-8, v6e-8)."
+    ((WORKERS == 1)) || fail "$NAME ($ACCEL) has $WORKERS hosts: --worker $where would run one" \
+      "process, and on one host of a multi-host slice JAX waits for the others. Leave out" \
+      "--worker to encode on every worker."
   fi
-  on_workers "${WORKER:-0}" bash "$WORKER_SH" start encode --bucket "$BUCKET" -- "${command[@]}"
+  on_workers "$where" bash "$WORKER_SH" start encode --bucket "$BUCKET" -- "${command[@]}"
 }
 
 cmd_exec() {

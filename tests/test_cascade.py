@@ -18,13 +18,21 @@ from imagen_jax.diffusion.samplers import jit_sample
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
+def demo_config():
+  """The demo's quick variant with 4 more base and 2 more SR steps and checkpoints on the way
+  (every 4 and 2 steps), so that a copy can be resumed from steps 12 and 4 (issue 21's test)."""
+  config = load_config(str(CONFIGS / "demo.py:quick"))
+  config.progress = False
+  config.base.train.update(num_steps=16, checkpoint_every=4)
+  config.sr.train.update(num_steps=6, checkpoint_every=2)
+  return config
+
+
 @pytest.fixture(scope="module")
 def demo_workdir(tmp_path_factory):
   """The demo's quick variant: dataset, tiny T5, cache, both stages (a few steps), grid, eval."""
   workdir = tmp_path_factory.mktemp("demo")
-  config = load_config(str(CONFIGS / "demo.py:quick"))
-  config.progress = False
-  metrics = run_demo(config, workdir)
+  metrics = run_demo(demo_config(), workdir)
   return workdir, metrics
 
 
@@ -246,3 +254,63 @@ def test_cli_repair_errors(demo_workdir, tmp_path, capsys, case, message):
                    "--workdir", str(workdir), "--out", str(out), *extra])
   assert code == 2
   assert message in capsys.readouterr().err
+
+
+# --- a workdir that is copied or moved keeps working (issue 21) ---------------------------------
+
+def _losses(stage_dir):
+  """(step, loss, grad norm) of every logged step of a stage."""
+  rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+  return [(r["step"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
+
+
+def _rewind(stage_dir, step):
+  """The stage as it was at `step`: later checkpoints and log rows removed."""
+  for ckpt in (stage_dir / "checkpoints").iterdir():
+    if ckpt.name.isdigit() and int(ckpt.name) > step:
+      shutil.rmtree(ckpt)
+  rows = (stage_dir / "metrics.jsonl").read_text().splitlines()
+  (stage_dir / "metrics.jsonl").write_text(
+      "".join(r + "\n" for r in rows if json.loads(r)["step"] <= step))
+
+
+def test_moved_workdir_resumes_exactly_reencodes_nothing_samples_and_evaluates(
+    demo_workdir, tmp_path, monkeypatch, capsys):
+  """The demo's workdir as it was at base step 12 / SR step 4, copied to one place, moved to
+  another (the first removed, so nothing can still read it) and resumed by `imagen-jax demo` from
+  a third directory through a relative path: it re-encodes nothing, logs the losses of the
+  uninterrupted, unmoved run bit for bit, and samples and evaluates from where it now is."""
+  workdir, _ = demo_workdir
+  first = tmp_path / "first" / "run"
+  shutil.copytree(workdir, first, symlinks=True)
+  _rewind(first / "base64", 12)
+  _rewind(first / "sr256", 4)
+  moved = tmp_path / "disk2" / "runs" / "run"
+  moved.parent.mkdir(parents=True)
+  shutil.move(first, moved)
+  shutil.rmtree(tmp_path / "first")
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  relative = Path("..") / "disk2" / "runs" / "run"
+  capsys.readouterr()
+  run_demo(demo_config(), relative)
+  out = capsys.readouterr().out
+  assert out.count("already complete") == 2, "the moved cache must be reused, not re-encoded"
+  assert "[base64] resumed from step 12" in out and "[sr256] resumed from step 4" in out
+  for stage in ("base64", "sr256"):
+    assert _losses(moved / stage) == _losses(workdir / stage)  # bit for bit, every logged step
+    recorded = json.loads((moved / stage / "config.json").read_text())
+    assert recorded["data"]["dataset"].startswith("{workdir}/data/shapes/")
+  manifest = json.loads((moved / "text_cache" / "train" / "manifest.json").read_text())
+  assert manifest["source"]["location"] == str(next((moved / "data" / "shapes").glob("*/1.0.0")))
+  # sampling and evaluation of the moved workdir: eval finds the data from what the run recorded
+  assert cli.main(["sample", "a small red circle", "a green triangle", "--workdir", str(relative),
+                   "--out", str(tmp_path / "grid.png"), "--steps", "4", "--guidance", "2",
+                   "4"]) == 0
+  assert cli.main(["eval", "--workdir", str(relative), "--num", "8", "--guidance", "3",
+                   "--thresholding", "static", "--steps", "5"]) == 0
+  assert "| guidance | thresholding |" in capsys.readouterr().out
+  # data that is really gone is named, with the option to pass
+  shutil.rmtree(moved / "data")
+  assert cli.main(["eval", "--workdir", str(relative), "--num", "8"]) == 2
+  assert "does not exist): pass the dataset's directory" in capsys.readouterr().err

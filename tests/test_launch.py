@@ -355,28 +355,29 @@ def test_train_needs_run_stage_and_dataset():
   assert "needs --dataset DIR" in fails("train", *LOC, *BUCKET, "--run", "r1", "--stage", "sr256")
 
 
-def test_encode_runs_on_one_worker(tpu):
+def test_encode_runs_on_every_worker(tpu):
   args = [*LOC, *BUCKET, "--run", "r1", "--captions", f"tfds:{DATASET}", "--splits", "train,test",
           "--encoder", "gs://my-bucket/imagen/models/t5-v1_1-xxl"]
   [command] = tpu("encode", *args)
-  assert command[:-2] == [*SSH, "--worker=0"]
+  assert command[:-2] == [*SSH, "--worker=all"]
   assert remote(command) == [
     "bash", "imagen-launch/worker.sh", "start", "encode", "--bucket", "my-bucket", "--",
     "imagen-jax", "encode", "--config", "configs/text.py", "--workdir", WORKDIR,
     "--config.data.captions=tfds:/gcs/my-bucket/imagen/data/shapes/r64_n20000_1000_s0/1.0.0",
-    "--config.data.splits=train,test",
+    "--distributed", "--config.data.splits=train,test",
     "--config.text.encoder=/gcs/my-bucket/imagen/models/t5-v1_1-xxl",
     "--config.text.param_dtype=bfloat16", "--config.text.dtype=bfloat16"]
+  # one process on one worker (a single-host VM): no --distributed
   [command] = tpu("encode", *LOC, *BUCKET, "--run", "r1", "--captions", "file:/data/c.jsonl",
                   "--worker", "2", "--", "--config.text.max_length=64")
-  assert "--worker=2" in command
+  assert "--worker=2" in command and "--distributed" not in remote(command)
   assert remote(command)[-4:] == ["--workdir", WORKDIR, "--config.data.captions=file:/data/c.jsonl",
                                   "--config.text.max_length=64"]
 
 
 @pytest.mark.parametrize("args, message", [
   (["--captions", "/data/c.jsonl"], "must be tfds:DIR (a prepared dataset) or file:PATH"),
-  (["--captions", "file:/c", "--worker", "all"], "must be a worker number"),
+  (["--captions", "file:/c", "--worker", "w1"], "must be a worker number"),
   ([], "'encode' needs --captions"),
 ])
 def test_encode_errors(args, message):
@@ -534,13 +535,16 @@ def test_a_real_resume(fake_gcloud, tmp_path):
   assert {"imagen_jax/configs/base64.py", "imagen_jax/pyproject.toml"} <= set(listing)
 
 
-def test_a_real_encode_refuses_a_multi_host_slice(fake_gcloud):
+def test_a_real_encode_on_one_worker_refuses_a_multi_host_slice(fake_gcloud):
   args = ["encode", *LOC, *BUCKET, "--run", "r1", "--captions", "file:/c.jsonl"]
-  result, calls = fake_gcloud(*args, FAKE_ACCELERATOR="v5litepod-16")
+  result, calls = fake_gcloud(*args, "--worker", "0", FAKE_ACCELERATOR="v5litepod-16")
   assert result.returncode == 1 and "has 4 hosts" in result.stderr
   assert [c[3] for c in calls] == ["describe"]
-  result, calls = fake_gcloud(*args, FAKE_ACCELERATOR="v6e-8")
+  result, calls = fake_gcloud(*args, "--worker", "0", FAKE_ACCELERATOR="v6e-8")
   assert result.returncode == 0 and [c[3] for c in calls] == ["describe", "ssh"]
+  # every worker (the default): each host encodes its own shards, whatever the slice
+  result, calls = fake_gcloud(*args, FAKE_ACCELERATOR="v5litepod-16")
+  assert result.returncode == 0 and [c[3] for c in calls] == ["ssh"]
 
 
 # --- SLURM ----------------------------------------------------------------------------------------

@@ -159,9 +159,65 @@ def test_mismatched_cache_is_refused(t5_dir, encoder, tmp_path):
     encode_captions(source, other, tmp_path / "cache", progress=False)
   with pytest.raises(CacheError, match="storage_dtype"):
     encode_captions(source, encoder, tmp_path / "cache", storage_dtype="float16", progress=False)
-  moved = CaptionFile(str(write_jsonl(tmp_path / "other.jsonl", CAPTIONS[:6])))
-  with pytest.raises(CacheError, match="another source"):
-    encode_captions(moved, encoder, tmp_path / "cache", progress=False)
+  other_captions = CaptionFile(str(write_jsonl(tmp_path / "other.jsonl", CAPTIONS[:6])))
+  with pytest.raises(CacheError, match="another source.*num_examples: cache has 5, this run has "
+                     "6.*--config.data.captions"):
+    encode_captions(other_captions, encoder, tmp_path / "cache", progress=False)
+  edited = CaptionFile(str(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[1:6])))
+  with pytest.raises(CacheError, match="another source.*fingerprint"):
+    encode_captions(edited, encoder, tmp_path / "cache", progress=False)
+
+
+def test_cache_follows_its_captions_when_they_move(encoder, tmp_path, monkeypatch):
+  """A cache is tied to what its captions are, not where they were read (issue 21)."""
+  (tmp_path / "a").mkdir()
+  source = CaptionFile(str(write_jsonl(tmp_path / "a" / "caps.jsonl", CAPTIONS[:5])))
+  encode_captions(source, encoder, tmp_path / "cache", progress=False)
+  (tmp_path / "b").mkdir()
+  (tmp_path / "a" / "caps.jsonl").rename(tmp_path / "b" / "caps.jsonl")
+  (tmp_path / "cache").rename(tmp_path / "b" / "cache")
+  monkeypatch.chdir(tmp_path / "b")
+  monkeypatch.setattr(encoder, "encode_tokens", lambda *a: pytest.fail("re-encoded"))
+  report = encode_captions(CaptionFile("caps.jsonl"), encoder, "cache", progress=False)
+  assert report.encoded == 0 and report.num_examples == 5
+  manifest = json.loads((tmp_path / "b" / "cache" / "manifest.json").read_text())
+  assert manifest["source"]["location"] == str(tmp_path / "b" / "caps.jsonl")
+
+
+def test_source_identity_and_format_1_manifests():
+  from imagen_jax.text.sources import same_source
+
+  now = {"kind": "tfds", "name": "shapes", "config": "r64", "version": "1.0.0", "split": "train",
+         "num_examples": 4000, "fingerprint": "ab12", "location": "/new/shapes/r64/1.0.0"}
+  assert same_source({**now, "location": "/old/place/shapes/r64/1.0.0"}, now)
+  assert not same_source({**now, "fingerprint": "cd34"}, now)
+  assert not same_source({**now, "split": "test"}, now)
+  # a manifest written before descriptions had fingerprints named the path itself
+  legacy = {"kind": "tfds", "dataset": "/old/run/data/shapes/r64/1.0.0", "split": "train",
+            "num_examples": 4000}
+  assert same_source(legacy, now)
+  assert not same_source({**legacy, "num_examples": 10}, now)
+  assert not same_source({**legacy, "dataset": "/old/run/data/fashion/1.0.0"}, now)
+  legacy_file = {"kind": "file", "path": "/old/caps.jsonl", "num_examples": 5}
+  assert same_source(legacy_file, {"kind": "file", "name": "caps.jsonl", "num_examples": 5,
+                                   "fingerprint": "x", "location": "/new/caps.jsonl"})
+  assert not same_source(legacy_file, now)
+
+
+def test_recorded_paths_resolve_under_a_moved_workdir(tmp_path, monkeypatch):
+  from imagen_jax.paths import record_path, resolve_path
+
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs" / "w" / "data").mkdir(parents=True)
+  assert record_path("runs/w/data/shapes/1.0.0", "runs/w") == "{workdir}/data/shapes/1.0.0"
+  assert record_path(f"tfds:{tmp_path}/runs/w/data", tmp_path / "runs" / "w") == "{workdir}/data"
+  assert record_path("elsewhere/t5", "runs/w") == str(tmp_path / "elsewhere" / "t5")
+  assert record_path("shapes@/data", "runs/w") == "shapes@/data"
+  assert record_path("", "runs/w") == ""
+  assert resolve_path("{workdir}/data/shapes/1.0.0", "/mnt/copy") == "/mnt/copy/data/shapes/1.0.0"
+  assert resolve_path("/abs/t5", "/mnt/copy") == "/abs/t5"
+  with pytest.raises(ValueError, match="relative to a workdir"):
+    resolve_path("{workdir}/data", None)
 
 
 def test_duplicate_ids_and_truncation_are_reported(encoder, tmp_path, caplog):
@@ -210,7 +266,18 @@ def test_caption_files_and_tfds_source(tmp_path):
   source = caption_source(f"tfds:{tmp_path / 'tfds' / 'tiny_captions' / '1.0.0'}", "train")
   assert len(source) == 6
   assert sorted(source) == sorted((f"img{i}", CAPTIONS[i]) for i in range(6))
-  assert source.describe()["split"] == "train"
+  described = source.describe()
+  assert {k: described[k] for k in ("kind", "name", "version", "split", "num_examples")} == {
+      "kind": "tfds", "name": "tiny_captions", "version": "1.0.0", "split": "train",
+      "num_examples": 6}
+  # the same split read from a copy elsewhere is the same source; the other split is not
+  import shutil
+  shutil.copytree(tmp_path / "tfds", tmp_path / "copy" / "tfds")
+  copied = caption_source(f"tfds:{tmp_path / 'copy' / 'tfds' / 'tiny_captions' / '1.0.0'}")
+  assert copied.describe()["location"] != described["location"]
+  assert copied.describe()["fingerprint"] == described["fingerprint"]
+  test_split = caption_source(f"tfds:{tmp_path / 'tfds' / 'tiny_captions' / '1.0.0'}", "test")
+  assert test_split.describe()["fingerprint"] != described["fingerprint"]
 
 
 def test_cli_encode_end_to_end(tmp_path, capsys):

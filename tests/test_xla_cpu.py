@@ -88,10 +88,10 @@ LIBTPU_NO_TPU = (importlib.util.find_spec("libtpu") is not None
 @pytest.mark.skipif(not LIBTPU_NO_TPU, reason="needs libtpu installed on a machine without a TPU")
 @pytest.mark.parametrize("skip", [False, True])
 def test_libtpu_without_a_tpu_starts_quietly_on_the_cpu(skip):
-  """What `imagen-jax` does before a command: with libtpu installed and no TPU, JAX starts on the
-  CPU without libtpu's initialisation errors; without the call (the control) they are printed."""
-  code = ("import jax, imagen_jax.xla_cpu as x\n"
-          + ("x.skip_absent_tpu()\n" if skip else "")
+  """What importing `imagen_jax` (and so every command, notebook and benchmark) does: with libtpu
+  installed and no TPU, JAX starts on the CPU without libtpu's initialisation errors; without
+  it (the control: jax alone) they are printed."""
+  code = ("import jax\n" + ("import imagen_jax\n" if skip else "")
           + "print(jax.devices()[0].platform)")
   # A fresh machine's environment: no TPU_* settings (`imagen-jax plan`, run earlier by
   # test_plan in this worker, sets some in os.environ, and they quieten libtpu) and no platform.

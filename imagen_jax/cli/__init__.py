@@ -6,7 +6,8 @@ Each subcommand is a `Command`: a function adding its arguments to its parser an
 running it from the parsed arguments and the `--config.a.b=value` overrides. To add one, write
 those two functions and append a `Command` to the `COMMANDS` of its module: `pipeline` (building
 a cascade: data, encode, train, export, plan, demo, toy) or `cascade` (using a trained one: sample,
-upscale, eval). `command` holds `Command` and the config loading they share.
+upscale, eval). `command` holds `Command`, the config loading they share and the `type=`
+helpers that check flags' values (a bad value is a one-line usage error, exit code 2).
 Heavy imports (JAX, Flax) happen inside the run functions, so `--help` stays instant.
 """
 
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from imagen_jax.cli import cascade, pipeline
-from imagen_jax.cli.command import OVERRIDES_HELP, PROG, Command, ConfigError
+from imagen_jax.cli.command import OVERRIDES_HELP, PROG, ArgumentParser, Command, ConfigError
 from imagen_jax.configlib import parse_config_args
 from imagen_jax.xla_cpu import skip_absent_tpu
 
@@ -25,8 +26,9 @@ COMMANDS: tuple[Command, ...] = pipeline.COMMANDS + cascade.COMMANDS
 
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
-  """The top-level parser with one subparser per command."""
-  parser = argparse.ArgumentParser(
+  """The top-level parser with one subparser per command (`ArgumentParser`s, whose errors about
+  a flag's value name the flag first)."""
+  parser = ArgumentParser(
       prog=PROG, description="Imagen in JAX/Flax: a cascade of pixel diffusion models "
       "conditioned on a frozen T5 encoder.", epilog=OVERRIDES_HELP)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

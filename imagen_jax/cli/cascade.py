@@ -8,9 +8,14 @@ stages instead of a workdir: `--pretrained IF-I-XL-v1.0 [--pretrained IF-II-L-v1
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from imagen_jax.cli.command import Command, ConfigError
+from imagen_jax.cli.command import SEED, Command, ConfigError, float_in, int_in, positive_int
+
+GUIDANCE = float_in(0.0, what="1: no guidance, 0: unconditional")
+AUG_LEVEL = float_in(0.0, 1.0)
+STRENGTH = float_in(0.0, 1.0, lo_open=True, what="1: from pure noise")
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,20 +29,22 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default="samples.png", metavar="PNG",
                       help="the grid (rows: prompts; the last stage's images); individual images "
                       "go next to it, in <out stem>/ (default: %(default)s)")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--guidance", type=float, nargs="+", default=None, metavar="W",
-                      help="classifier-free guidance weight, one for all stages or one per stage "
-                      "(default: 5 for trained stages; IF's 7 and 4)")
-  parser.add_argument("--steps", type=int, default=None,
+  parser.add_argument("--seed", type=SEED, default=0, help="in [0, 2^32)")
+  parser.add_argument("--guidance", type=GUIDANCE, nargs="+", default=None, metavar="W",
+                      help="classifier-free guidance weight >= 0 (1: none), one for all stages or "
+                      "one per stage (default: 5 for trained stages; IF's 7 and 4)")
+  parser.add_argument("--steps", type=positive_int, default=None,
                       help="sampler steps per stage (default: 25; IF's 100 and 50)")
   parser.add_argument("--sampler", default=None,
                       choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"),
                       help="default: dpmpp_2m; IF's scheduler config's (ddpm)")
   parser.add_argument("--thresholding", default=None, choices=("none", "static", "dynamic"),
                       help="default: dynamic; IF's scheduler config's")
-  parser.add_argument("--aug-level", type=float, default=None,
-                      help="noise-augmentation level of SR inputs (default: each stage's config)")
-  parser.add_argument("--noise-level", type=int, default=None,
+  parser.add_argument("--aug-level", type=AUG_LEVEL, default=None,
+                      help="trained SR stages: noise-augmentation level of their inputs, in "
+                      "[0, 1] (default: each stage's config)")
+  parser.add_argument("--noise-level", type=int_in(0, 999, what="a timestep of IF's image-noising "
+                                                     "schedule"), default=None,
                       help="--pretrained: IF stage II's noise level of its upscaled input, a "
                       "timestep 0-999 (default: IF's 250)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
@@ -48,7 +55,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="text prompts")
-  parser.add_argument("--num-per-prompt", type=int, default=1)
+  parser.add_argument("--num-per-prompt", type=positive_int, default=1)
   _add_sampling_arguments(parser)
 
 
@@ -58,33 +65,93 @@ def _add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
   _add_sampling_arguments(parser)
 
 
-def _sampling_options(args: argparse.Namespace, stage_names: list[str]) -> dict:
-  from imagen_jax.cascade import SamplingOptions
+def _check_guidance_count(weights: list[float] | None, names: list[str], sr_only: bool) -> None:
+  """--guidance: one weight for every stage that runs, or one per stage."""
+  if weights and names and len(weights) not in (1, len(names)):
+    which = "super-resolution stage" if sr_only else "stage"
+    allowed = "1" if len(names) == 1 else f"1 or {len(names)}"
+    raise ConfigError(f"--guidance takes one weight or one per {which}: {allowed} "
+                      f"({', '.join(names)}), got {len(weights)}")
 
+
+def _planned_stages(args: argparse.Namespace) -> list[tuple[str, bool, bool]] | None:
+  """(name, is super-resolution, is DeepFloyd IF) of every stage the command will load, in
+  cascade order, from the --pretrained directories given or the --workdir's stage folders'
+  config.json (folders with config.json and checkpoints/, `imagen_jax.cascade.stage_dirs`):
+  nothing is loaded. None when it cannot be told that way (the loader then says why)."""
+  if args.pretrained:
+    return [("if_I", False, True), ("if_II", True, True)][:len(args.pretrained)]
+  workdir = Path(args.workdir)
+  if not workdir.is_dir():
+    return None
+  found = []
+  for folder in sorted(workdir.iterdir()):
+    if not ((folder / "config.json").is_file() and (folder / "checkpoints").is_dir()) or \
+        (args.stages and folder.name not in args.stages):
+      continue
+    try:
+      config = json.loads((folder / "config.json").read_text())
+      found.append((int(config["resolution"]), str(config.get("stage") or folder.name),
+                    bool(config.get("lowres_resolution")),
+                    (config.get("model") or {}).get("kind") == "deepfloyd_if"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+      return None
+  if not found or (args.stages and len(found) != len(set(args.stages))):
+    return None
+  return [stage[1:] for stage in sorted(found)]
+
+
+def _check_sampling_args(args: argparse.Namespace, sr_only: bool = False) -> None:
+  """The sampling flags against each other and against the stages that will run (`sr_only`:
+  upscale, the super-resolution ones), before anything is loaded."""
+  if args.pretrained:
+    if len(args.pretrained) > 2:
+      raise ConfigError(f"--pretrained takes IF's stage I directory and optionally its stage II, "
+                        f"got {len(args.pretrained)} directories")
+    if args.stages:
+      raise ConfigError("--stages selects stages of a --workdir; with --pretrained, give only the "
+                        "stage directories you want")
+  elif args.dtype is not None:
+    raise ConfigError("--dtype applies to --pretrained stages (trained stages keep theirs)")
+  stages = _planned_stages(args)
+  if stages is None:
+    return
+  if args.aug_level is not None and not any(sr and not is_if for _, sr, is_if in stages):
+    raise ConfigError("--aug-level sets the noise augmentation of trained super-resolution "
+                      "stages, and none runs here (DeepFloyd IF's stage II takes --noise-level)")
+  if args.noise_level is not None and not any(sr and is_if for _, sr, is_if in stages):
+    raise ConfigError("--noise-level sets DeepFloyd IF stage II's input noise, and no IF stage II "
+                      "runs here (--pretrained IF-I-... --pretrained IF-II-...; trained "
+                      "super-resolution stages take --aug-level)")
+  _check_guidance_count(args.guidance, [name for name, sr, _ in stages if sr or not sr_only],
+                        sr_only)
+
+
+def _sampling_options(args: argparse.Namespace, stages: list, sr_only: bool = False) -> dict:
+  """Each stage's `SamplingOptions` from the flags: --aug-level goes to the trained
+  super-resolution stages and --noise-level to DeepFloyd IF's stage II (each kind refuses the
+  other's, base stages both)."""
+  from imagen_jax.cascade import SamplingOptions, Stage
+
+  _check_guidance_count(args.guidance, [s.name for s in stages], sr_only)
   weights = args.guidance or [None]
-  if len(weights) not in (1, len(stage_names)):
-    raise ConfigError(f"--guidance takes one weight or one per stage ({len(stage_names)}: "
-                      f"{stage_names}), got {len(weights)}")
-  weights = weights * len(stage_names) if len(weights) == 1 else weights
-  return {name: SamplingOptions(w, args.sampler, args.steps, args.thresholding, args.aug_level,
-                                args.noise_level)
-          for name, w in zip(stage_names, weights)}
+  weights = weights * len(stages) if len(weights) == 1 else weights
+  options = {}
+  for stage, w in zip(stages, weights):
+    sr, trained = bool(stage.lowres_resolution), isinstance(stage, Stage)
+    options[stage.name] = SamplingOptions(w, args.sampler, args.steps, args.thresholding,
+                                          args.aug_level if sr and trained else None,
+                                          args.noise_level if sr and not trained else None)
+  return options
 
 
 def _load_cascade(args: argparse.Namespace):
-  """The cascade of --workdir (its --stages), or DeepFloyd IF's stages of --pretrained."""
+  """The cascade of --workdir (its --stages), or DeepFloyd IF's stages of --pretrained (flags
+  checked by `_check_sampling_args`)."""
   from imagen_jax.cascade import load_cascade
 
   if not args.pretrained:
-    if args.dtype is not None:
-      raise ConfigError("--dtype applies to --pretrained stages (trained stages keep theirs)")
     return load_cascade(args.workdir, args.stages)
-  if len(args.pretrained) > 2:
-    raise ConfigError(f"--pretrained takes IF's stage I directory and optionally its stage II, "
-                      f"got {len(args.pretrained)} directories")
-  if args.stages:
-    raise ConfigError("--stages selects stages of a --workdir; with --pretrained, give only the "
-                      "stage directories you want")
   from imagen_jax.pretrained import load_if_cascade
 
   return load_if_cascade(*args.pretrained, dtype=args.dtype)
@@ -110,15 +177,16 @@ def _save_outputs(images: dict, prompts: list[str], out: str) -> None:
 
 
 def _run_sample(args: argparse.Namespace, overrides: list[str]) -> int:
-  from imagen_jax.cascade import CascadeError
-
   prompts = [p for p in args.prompts for _ in range(args.num_per_prompt)]
   if not prompts or any(not p.strip() for p in prompts):
     raise ConfigError("empty prompt: give at least one non-empty prompt")
+  _check_sampling_args(args)
+  from imagen_jax.cascade import CascadeError
+
   try:
     cascade = _load_cascade(args)
-    names = [s.name for s in cascade.stages]
-    images = cascade.sample(prompts, seed=args.seed, options=_sampling_options(args, names))
+    images = cascade.sample(prompts, seed=args.seed,
+                            options=_sampling_options(args, cascade.stages))
   except CascadeError as e:
     raise ConfigError(str(e)) from e
   _save_outputs(images, prompts, args.out)
@@ -126,13 +194,14 @@ def _run_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
+  if not args.prompt.strip():
+    raise ConfigError("empty prompt: describe the image with --prompt")
+  _check_sampling_args(args, sr_only=True)
   import numpy as np
   from PIL import Image
 
   from imagen_jax.cascade import CascadeError
 
-  if not args.prompt.strip():
-    raise ConfigError("empty prompt: describe the image with --prompt")
   try:
     picture = Image.open(args.image).convert("RGB")
   except (OSError, ValueError) as e:
@@ -145,9 +214,8 @@ def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
       raise CascadeError(f"{source} has no super-resolution stage")
     size = sr[0].lowres_resolution
     low = np.asarray(picture.resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
-    names = [s.name for s in sr]
     images = cascade.sample([args.prompt], seed=args.seed, lowres=low[None],
-                            options=_sampling_options(args, names))
+                            options=_sampling_options(args, sr, sr_only=True))
   except CascadeError as e:
     raise ConfigError(str(e)) from e
   _save_outputs(images, [args.prompt], args.out)
@@ -163,15 +231,15 @@ def _add_repair_arguments(parser: argparse.ArgumentParser, inpaint: bool) -> Non
     parser.add_argument("--mask", required=True, metavar="PNG",
                         help="same size as the image: white (> 50%% grey) = fill from the "
                         "prompt, black = keep")
-    parser.add_argument("--repaint", type=int, nargs=2, metavar=("JUMP", "RESAMPLINGS"),
+    parser.add_argument("--repaint", type=positive_int, nargs=2, metavar=("JUMP", "RESAMPLINGS"),
                         help="RePaint's resampling (e.g. 10 10; needs --sampler ddpm or ddim): "
                         "fewer seams between kept and filled pixels, at ~2×RESAMPLINGS the "
                         "network calls")
-    parser.add_argument("--strength", type=float, default=1.0,
+    parser.add_argument("--strength", type=STRENGTH, default=1.0,
                         help="(0, 1]: 1 fills from pure noise; lower keeps more of the "
                         "original under the mask")
   else:
-    parser.add_argument("--strength", type=float, default=0.6,
+    parser.add_argument("--strength", type=STRENGTH, default=0.6,
                         help="(0, 1]: how far the image is noised before denoising with the "
                         "prompt (1 = text-to-image; 0.2 = close to the input; default "
                         "%(default)s)")
@@ -180,6 +248,11 @@ def _add_repair_arguments(parser: argparse.ArgumentParser, inpaint: bool) -> Non
 
 
 def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
+  if not args.prompt.strip():
+    raise ConfigError("empty prompt: say what the repaired image should show")
+  if inpaint and args.repaint and args.strength != 1.0:
+    raise ConfigError("--repaint fills from pure noise: leave --strength at 1")
+  _check_sampling_args(args)
   import numpy as np
   from PIL import Image
 
@@ -189,10 +262,6 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
   from imagen_jax.diffusion.samplers import MULTISTEP
   from imagen_jax.train.metrics import make_grid, to_uint8
 
-  if not args.prompt.strip():
-    raise ConfigError("empty prompt: say what the repaired image should show")
-  if not 0.0 < args.strength <= 1.0:
-    raise ConfigError(f"--strength must be in (0, 1], got {args.strength}")
   inputs = [Path(args.image)] + ([Path(args.mask)] if inpaint else [])
   out = Path(args.out)
   folder = out.with_suffix("")
@@ -228,11 +297,8 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
       sampler = args.sampler or ("" if args.pretrained else TRAINED_STAGE_DEFAULTS["sampler"])
       if sampler in MULTISTEP:
         raise ConfigError("--repaint needs an ancestral sampler: add --sampler ddpm (or ddim)")
-      if args.strength != 1.0:
-        raise ConfigError("--repaint fills from pure noise: leave --strength at 1")
   try:
     cascade = _load_cascade(args)
-    names = [s.name for s in cascade.stages]
     sizes = [s.resolution for s in cascade.stages]
     if image.shape[0] not in sizes:
       notes.append(f"{args.image}: {image.shape[0]} px, resized to each stage's resolution "
@@ -245,7 +311,7 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
       images = cascade.repair([args.prompt], image[None],
                               mask=None if mask is None else mask[None],
                               strength=args.strength, repaint=repaint, seed=args.seed,
-                              options=_sampling_options(args, names))
+                              options=_sampling_options(args, cascade.stages))
   except CascadeError as e:
     raise ConfigError(str(e)) from e
   final = list(images.values())[-1]
@@ -270,24 +336,27 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
 
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, metavar="DIR", help="a trained workdir")
-  parser.add_argument("--dataset", required=True,
+  parser.add_argument("--dataset",
                       help="prepared TFDS dataset ('tfds:<dir>' or a dir) whose captions are the "
-                      "prompts and whose images are the references")
+                      "prompts and whose images are the references (default: the dataset the "
+                      "workdir's first stage was trained on, as its config.json records it)")
   parser.add_argument("--split", default="test")
-  parser.add_argument("--num", type=int, default=64, help="prompts to evaluate")
-  parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0, 8.0])
+  parser.add_argument("--num", type=positive_int, default=64, help="prompts to evaluate")
+  parser.add_argument("--guidance", type=GUIDANCE, nargs="+", default=[1.0, 3.0, 5.0, 8.0],
+                      metavar="W", help="guidance weights >= 0 (1: none), one row of scores "
+                      "each")
   parser.add_argument("--thresholding", nargs="+", default=["static", "dynamic"],
                       choices=("none", "static", "dynamic"))
-  parser.add_argument("--steps", type=int, default=25)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--sr-guidance", type=float, default=1.0,
+  parser.add_argument("--steps", type=positive_int, default=25)
+  parser.add_argument("--seed", type=SEED, default=0, help="in [0, 2^32)")
+  parser.add_argument("--sr-guidance", type=GUIDANCE, default=1.0,
                       help="guidance weight of the SR stages for PSNR/SSIM (default 1: unguided)")
-  parser.add_argument("--sr-guidance-cascade", type=float, default=None,
+  parser.add_argument("--sr-guidance-cascade", type=GUIDANCE, default=None,
                       help="guidance weight of the SR stages when the whole cascade samples the "
                       "prompts (default: each row's --guidance weight)")
-  parser.add_argument("--aug-level", type=float, default=None,
-                      help="SR stages' noise-augmentation level at sampling (default: each "
-                      "stage's config.diffusion.aug_sample_level)")
+  parser.add_argument("--aug-level", type=AUG_LEVEL, default=None,
+                      help="SR stages' noise-augmentation level at sampling, in [0, 1] (default: "
+                      "each stage's config.diffusion.aug_sample_level)")
   parser.add_argument("--fashion-classifier", metavar="DIR",
                       help="for fashion_mnist_captions: where the Fashion-MNIST classifier is "
                       "cached (trained there on first use, ~1 min; default: "
@@ -295,16 +364,30 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", metavar="JSON", help="also write the rows as JSON")
 
 
+def trained_dataset(cascade, workdir: str | Path) -> str:
+  """The dataset the cascade's first stage was trained on, from its config.json (paths inside the
+  workdir are recorded relative to it, so a moved workdir still finds its data)."""
+  from imagen_jax.cascade import CascadeError
+  from imagen_jax.paths import resolve_path
+
+  config = getattr(cascade.stages[0], "config", None)
+  recorded = config.data.dataset if config is not None else ""
+  if not recorded:
+    raise CascadeError(f"the workdir {workdir} does not record a dataset: pass --dataset DIR")
+  return resolve_path(recorded, workdir)
+
+
 def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
   from imagen_jax.cascade import CascadeError, load_cascade
   from imagen_jax.eval.run import evaluate_cascade, format_rows, write_rows
 
-  classifier = args.fashion_classifier
-  if classifier is None and "fashion" in args.dataset:
-    classifier = str(Path(args.workdir) / "fashion_classifier")
   try:
     cascade = load_cascade(args.workdir)
-    rows = evaluate_cascade(cascade, args.dataset, split=args.split, num=args.num,
+    dataset = args.dataset or trained_dataset(cascade, args.workdir)
+    classifier = args.fashion_classifier
+    if classifier is None and "fashion" in dataset:
+      classifier = str(Path(args.workdir) / "fashion_classifier")
+    rows = evaluate_cascade(cascade, dataset, split=args.split, num=args.num,
                             guidance=args.guidance, thresholding=args.thresholding,
                             steps=args.steps, seed=args.seed,
                             fashion_classifier=classifier, sr_guidance=args.sr_guidance,

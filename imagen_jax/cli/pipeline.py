@@ -9,7 +9,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagen_jax.cli.command import Command, ConfigError, default_config, load_run_config
+from imagen_jax.cli.command import (Command, ConfigError, default_config, float_in, host_port,
+                                    int_in, key_value, load_run_config, mesh_shape,
+                                    non_negative_int, positive_int, tpu_topology)
 
 
 def _config_and_workdir(default: str, config_help: str, workdir: str, workdir_help: str):
@@ -55,10 +57,14 @@ def _add_encode_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, metavar="DIR",
                       help="holds text_cache/<split>/ (and text/default_t5/ when no "
                       "text.encoder is given)")
+  # several hosts: each encodes its own shards on its own devices (text.mesh); see README
+  _add_distributed_arguments(parser)
 
 
 def _run_encode(args: argparse.Namespace, overrides: list[str]) -> int:
+  check_distributed_args(args)
   config = load_run_config(args.config, overrides)
+  initialize_distributed(args)
   from imagen_jax.text.cache import CacheError
   from imagen_jax.text.encode import run_encode
 
@@ -77,31 +83,66 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--data-dir", required=True, metavar="DIR",
                       help="TFDS data dir; the dataset lands in DIR/<name>/<config>/<version>")
   parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      type=key_value,
                       help="a builder option, e.g. resolution=64, num_train=10000, "
-                      "folder=/data/photos (repeatable)")
+                      "folder=/data/photos (repeatable); sizes and counts are positive "
+                      "integers, seeds non-negative")
   parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
 
 
-def parse_options(options: Sequence[str]) -> dict[str, object]:
-  """`key=value` strings → dict; values through ast.literal_eval, else kept as strings."""
-  import ast
+# The builders' numeric options (their configs' `make` arguments) and their valid values; a
+# split must not come out empty (TFDS refuses to write one). Options not named here go to `make`
+# unchecked (an unknown one is its TypeError, reported as such).
+_OPTION_VALUES = {
+    "resolution": positive_int,
+    "seed": non_negative_int,  # numpy's generators take no negative seed
+    "num_train": positive_int,
+    "num_test": positive_int,
+    "max_per_split": positive_int,
+    "p_two": float_in(0.0, 1.0, what="the share of two-object scenes"),
+}
+_TEST_PERCENT = {  # by dataset: emoji_captions always writes a test split, captioned_folder at > 0
+    "emoji_captions": int_in(1, 99, what="both splits need images"),
+    "captioned_folder": int_in(0, 99, what="0: no test split; the train split needs images"),
+}
 
-  parsed = {}
-  for option in options:
-    key, sep, value = option.partition("=")
-    if not sep or not key:
-      raise ConfigError(f"--option {option!r} must look like key=value")
+
+def parse_options(dataset: str, options: Sequence[tuple[str, object]]) -> dict[str, object]:
+  """The `--option KEY=VALUE` pairs (`key_value`'s) as `build_dataset` keywords; a ConfigError
+  names a key given twice or a value out of its range."""
+  parsed: dict[str, object] = {}
+  for key, value in options:
+    if key in parsed:
+      raise ConfigError(f"--option {key} given twice ({parsed[key]!r} and {value!r})")
+    parsed[key] = value
+    check = _TEST_PERCENT.get(dataset) if key == "test_percent" else _OPTION_VALUES.get(key)
+    if value is None and key == "max_per_split":  # None: every example
+      continue
     try:
-      parsed[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed[key] = value
+      if check is not None:  # a number's text passes or fails as on the command line
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        check(str(value) if number else repr(value))  # a non-number's repr never parses
+      elif key == "background" and (
+          not isinstance(value, (tuple, list)) or len(value) != 3 or
+          any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in value)):
+        raise argparse.ArgumentTypeError(f"must be an RGB triple of integers in [0, 255], e.g. "
+                                         f"(255, 255, 255), got {value!r}")
+      elif key == "template":
+        try:
+          str(value).format("x")
+        except (IndexError, KeyError, ValueError):
+          raise argparse.ArgumentTypeError(
+              f"must be a caption whose only placeholder is {{}} (the emoji's name), e.g. 'an "
+              f"emoji of {{}}', got {value!r}") from None
+    except argparse.ArgumentTypeError as e:
+      raise ConfigError(f"--option {key} {e}") from None
   return parsed
 
 
 def _run_data(args: argparse.Namespace, overrides: list[str]) -> int:
+  options = parse_options(args.dataset, args.option)
   from imagen_jax.data import build_dataset
 
-  options = parse_options(args.option)
   try:
     result = build_dataset(args.dataset, args.data_dir, overwrite=args.overwrite, **options)
   except (TypeError, ValueError, FileNotFoundError) as e:
@@ -123,12 +164,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True, metavar="DIR",
                       help="holds text_cache/ (from `imagen-jax encode`) and one folder per "
                       "stage with checkpoints, metrics and samples; resume is automatic")
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() (TPU pods, SLURM: auto-detected)")
-  parser.add_argument("--coordinator", metavar="HOST:PORT",
-                      help="explicit multi-process set-up: the coordinator address ...")
-  parser.add_argument("--num-processes", type=int, help="... the number of processes ...")
-  parser.add_argument("--process-id", type=int, help="... and this process's id")
+  _add_distributed_arguments(parser)
   parser.add_argument("--init-from", metavar="IF_DIR",
                       help="fine-tune DeepFloyd IF: the stage's diffusers-format download "
                       "(IF-I-XL-v1.0/, IF-II-L-v1.0/, ...) whose weights start the run; with "
@@ -136,19 +172,49 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+  """The multi-process flags of `train` and `encode`."""
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() (TPU pods, SLURM: auto-detected)")
+  parser.add_argument("--coordinator", metavar="HOST:PORT", type=host_port,
+                      help="explicit multi-process set-up: the coordinator address ...")
+  parser.add_argument("--num-processes", type=positive_int,
+                      help="... the number of processes (>= 1) ...")
+  parser.add_argument("--process-id", type=non_negative_int,
+                      help="... and this process's id, in [0, num_processes)")
+
+
+def check_distributed_args(args: argparse.Namespace) -> None:
+  """The multi-process flags together: --coordinator with --num-processes N and --process-id in
+  [0, N), or --distributed alone (JAX detects the rest), or none of them."""
+  if args.coordinator is None:
+    if args.num_processes is not None or args.process_id is not None:
+      raise ConfigError("--num-processes and --process-id go with --coordinator HOST:PORT (with "
+                        "--distributed, jax.distributed.initialize() detects them)")
+    return
+  if args.distributed:
+    raise ConfigError("give --distributed (set-up detected on TPU pods and SLURM) or --coordinator "
+                      "HOST:PORT with --num-processes and --process-id (explicit), not both")
+  if args.num_processes is None or args.process_id is None:
+    raise ConfigError("--coordinator needs --num-processes and --process-id")
+  if args.process_id >= args.num_processes:
+    raise ConfigError(f"--process-id must be in [0, {args.num_processes - 1}] with --num-processes "
+                      f"{args.num_processes}, got {args.process_id}")
+
+
 def initialize_distributed(args: argparse.Namespace) -> None:
-  """jax.distributed.initialize from the flags (before any other JAX call)."""
+  """jax.distributed.initialize from the flags (checked by `check_distributed_args`), before any
+  other JAX call."""
   import jax
 
   if args.coordinator:
-    if args.num_processes is None or args.process_id is None:
-      raise ConfigError("--coordinator needs --num-processes and --process-id")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif args.distributed:
     jax.distributed.initialize()
 
 
 def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+  check_distributed_args(args)
   config = load_run_config(args.config, overrides)
   if args.init_from:
     if config.get("model", {}).get("kind") != "deepfloyd_if":
@@ -172,7 +238,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", required=True, metavar="DIR",
                       help="the new diffusers-format IF directory to write")
   parser.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
-  parser.add_argument("--step", type=int, default=None, help="a checkpoint (default: newest)")
+  parser.add_argument("--step", type=non_negative_int, default=None,
+                      help="a checkpoint's step (default: newest)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                       help="cast the weights (default: as trained)")
 
@@ -194,13 +261,14 @@ def _run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--config", metavar="PATH[:ARG]", required=True,
                       help="a stage config, e.g. configs/base64.py")
-  parser.add_argument("--topology", required=True, metavar="GEN:SHAPE",
+  parser.add_argument("--topology", required=True, metavar="GEN:SHAPE", type=tpu_topology,
                       help="TPU slice: v5e:16x16, v4:4x4x4, v5p:8x8x8, v6e:16x16, ...")
-  parser.add_argument("--mesh", metavar="AXIS=SIZE,...",
-                      help="mesh over the slice, e.g. data=-1,fsdp=8 (default: the config's "
+  parser.add_argument("--mesh", metavar="AXIS=SIZE,...", type=mesh_shape,
+                      help="mesh over the slice, e.g. data=-1,fsdp=8: axes data, fsdp, tensor "
+                      "(unnamed ones 1), sizes >= 1 or -1 for one axis (default: the config's "
                       "mesh section)")
   parser.add_argument("--no-sampler", action="store_true", help="plan the train step only")
-  parser.add_argument("--sample-batch", type=int, default=None,
+  parser.add_argument("--sample-batch", type=positive_int, default=None,
                       help="images per sampler call (default: one per data replica)")
   parser.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
 

@@ -116,8 +116,11 @@ def open_split(dataset: str | os.PathLike, split: str) -> Any:
     name, data_dir = spec.split("@", 1)
     return tfds.data_source(name, split=split, data_dir=data_dir)
   if not Path(spec, "dataset_info.json").is_file():
-    raise FileNotFoundError(f"{spec} is not a prepared TFDS dataset directory (no "
-                            "dataset_info.json); build one with imagen_jax.data.build_dataset")
+    what = "does not exist" if not Path(spec).exists() else "has no dataset_info.json"
+    raise FileNotFoundError(
+        f"{spec} is not a prepared TFDS dataset directory (it {what}): pass the dataset's "
+        "directory (…/<name>/<version>), e.g. --config.data.dataset=<dir> for training or "
+        "--dataset <dir> for eval, or build one with `imagen-jax data`")
   return tfds.builder_from_directory(spec).as_data_source(split=split)
 
 

@@ -41,6 +41,8 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
+from imagen_jax.text.sources import same_source, source_identity
+
 # 2: `keep_padding` in the spec and null_embedding.npy; format 1 caches (neither: ours, trimmed
 # records, zeros as the null input) are still read
 FORMAT_VERSION = 2
@@ -104,7 +106,9 @@ class CacheWriter:
   """Writes a cache shard by shard; `done_shards` tells a resumed run what to skip."""
 
   def __init__(self, directory: str | os.PathLike, spec: CacheSpec, shard_size: int,
-               source: dict[str, Any]):
+               source: dict[str, Any], primary: bool = True):
+    """primary: the process that owns the manifest (creates it, records where the captions are
+    read); other processes of a multi-host encode only check it and write their shards."""
     if shard_size < 1:
       raise CacheError(f"shard_size must be positive, got {shard_size}")
     self.dir = Path(directory)
@@ -116,12 +120,20 @@ class CacheWriter:
     if manifest_path.exists():
       manifest = json.loads(manifest_path.read_text())
       check_manifest(manifest, spec, self.dir)
-      if manifest["shard_size"] != shard_size or manifest["source"] != source:
+      if manifest["shard_size"] != shard_size:
         raise CacheError(
-            f"the cache in {self.dir} was started over another source or shard size "
-            f"({manifest['source']}, shard_size {manifest['shard_size']}); this run has {source}, "
-            f"shard_size {shard_size}. Use another cache directory, or delete this one.")
+            f"the cache in {self.dir} was started with shard_size {manifest['shard_size']}; this "
+            f"run has {shard_size}. Use the same shard size, another cache directory, or delete "
+            "this one.")
+      if not same_source(manifest["source"], source):
+        raise CacheError(source_mismatch_message(self.dir, manifest["source"], source))
+      if manifest["source"] != source and primary:  # the same captions, read elsewhere
+        manifest["source"] = source
+        write_json_atomic(manifest_path, manifest)
       self.manifest = manifest
+    elif not primary:
+      raise CacheError(f"no manifest in {self.dir}: process 0 writes it before the others start "
+                       "(do all processes see the same cache directory?)")
     else:
       self.manifest = {"format_version": FORMAT_VERSION, "spec": dataclasses.asdict(spec),
                        "shard_size": shard_size, "source": source, "complete": False}
@@ -172,6 +184,19 @@ class CacheWriter:
   def finish(self, num_examples: int, num_shards: int) -> None:
     self.manifest.update(complete=True, num_examples=num_examples, num_shards=num_shards)
     write_json_atomic(self.dir / "manifest.json", self.manifest)
+
+
+def source_mismatch_message(directory: Path, recorded: dict[str, Any],
+                            current: dict[str, Any]) -> str:
+  """Why a cache refuses a run's captions, and what to pass instead."""
+  where = recorded.get("location") or recorded.get("dataset") or recorded.get("path")
+  diffs = [f"{k}: cache has {recorded.get(k)!r}, this run has {v!r}"
+           for k, v in source_identity(current).items() if recorded.get(k) != v]
+  built = f"It was built from {where}: point" if where else "Point"
+  return (f"the embedding cache in {directory} holds the captions of another source "
+          f"({'; '.join(diffs) or recorded}). {built} --config.data.captions (or, for training, "
+          "--config.data.dataset) at that data, or use another cache directory "
+          "(--config.text.cache_dir), or delete this one to re-encode.")
 
 
 def check_manifest(manifest: dict[str, Any], spec: CacheSpec | None, directory: Path) -> CacheSpec:

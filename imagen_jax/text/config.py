@@ -9,7 +9,10 @@ def text_config() -> ml_collections.ConfigDict:
   text.encoder = ""  # local HF T5 checkpoint dir (e.g. t5-v1_1-xxl) or DeepFloyd IF stage I dir
   #                     (IF-I-XL-v1.0: IF's conditioning, max_length 77); "" = embedded tiny T5
   text.max_length = 128  # tokens per caption (Imagen: 128; DeepFloyd IF: 77)
-  text.batch_size = 64  # captions per compiled encoder call
+  text.batch_size = 64  # captions per compiled encoder call (rounded up to a multiple of data × fsdp)
+  # `imagen-jax encode`: the mesh over each process's own devices, e.g. "fsdp=-1" to split T5-XXL's
+  # weights when a replica does not fit a chip ("" = one device); batches split over data × fsdp
+  text.mesh = "data=-1"
   text.dtype = "float32"  # compute dtype; "bfloat16" on TPU
   text.param_dtype = ""  # cast weights on load, e.g. "bfloat16" for T5-XXL; "" = as stored
   text.cache_dir = ""  # default: <workdir>/text_cache

@@ -23,14 +23,16 @@ import dataclasses
 import itertools
 import logging
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from imagen_jax.paths import resolve_path
 from imagen_jax.text import default as default_t5
 from imagen_jax.text.cache import CacheError, CacheSpec, CacheWriter, EmbeddingCache
-from imagen_jax.text.encoder import TextEncoder, open_text_encoder
+from imagen_jax.text.encoder import TextEncoder, local_mesh, open_text_encoder
 from imagen_jax.text.sources import CaptionSource, caption_source
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,26 @@ def encode_captions(source: CaptionSource, encoder: TextEncoder, cache_dir: str 
                     storage_dtype: str = "bfloat16", shard_size: int = 4096,
                     progress: bool = True) -> EncodeReport:
   """Encode every caption of `source` into the cache at `cache_dir` (resumable), and the
-  encoder's unconditional input (`TextEncoder.null_embedding`)."""
-  writer = CacheWriter(cache_dir, cache_spec(encoder, storage_dtype), shard_size,
-                       source.describe())
-  if not writer.has_null_embedding:
-    writer.write_null_embedding(encoder.null_embedding())
+  encoder's unconditional input (`TextEncoder.null_embedding`).
+
+  With several JAX processes (`jax.distributed.initialize`: a TPU pod slice, or processes on
+  localhost), every process runs this on the same source and cache directory (a filesystem they
+  share) with its own encoder on its own devices (`local_mesh`): shard s is encoded and written
+  by process s mod process_count, so no process waits on another's devices; each process resumes
+  its own unfinished shards; process 0 writes the manifest (and the null embedding) before the
+  others start and marks the cache complete once every process has finished. The result is the
+  same cache, shard for shard, as one process writes."""
+  import jax
+
+  index, count = jax.process_index(), jax.process_count()
+  spec, description = cache_spec(encoder, storage_dtype), source.describe()
+  if index == 0:
+    writer = CacheWriter(cache_dir, spec, shard_size, description)
+    if not writer.has_null_embedding:
+      writer.write_null_embedding(encoder.null_embedding())
+  _barrier(f"encode {cache_dir}: manifest")
+  if index != 0:
+    writer = CacheWriter(cache_dir, spec, shard_size, description, primary=False)
   if writer.complete:
     log.info("embedding cache %s is complete (%d captions): nothing to do", cache_dir,
              writer.manifest["num_examples"])
@@ -68,8 +85,9 @@ def encode_captions(source: CaptionSource, encoder: TextEncoder, cache_dir: str 
   seen: set[str] = set()
   encoded = skipped = num_truncated = max_tokens = 0
   items = iter(source)
-  bar = tqdm(total=total, desc="encode", unit="caption", disable=not progress, mininterval=0.5)
-  num_shards = 0
+  bar = tqdm(total=total, desc="encode" if count == 1 else f"encode (process {index}/{count})",
+             unit="caption", disable=not progress, mininterval=0.5)
+  num_shards, written = 0, []
   with bar:
     for shard in itertools.count():
       chunk = list(itertools.islice(items, shard_size))
@@ -79,9 +97,11 @@ def encode_captions(source: CaptionSource, encoder: TextEncoder, cache_dir: str 
       ids = [example_id for example_id, _ in chunk]
       for example_id in ids:
         if example_id in seen:
-          raise CacheError(f"duplicate example id {example_id!r} in {source.describe()}: the "
+          raise CacheError(f"duplicate example id {example_id!r} in {description}: the "
                            "cache is keyed by id, so ids must be unique")
         seen.add(example_id)
+      if shard % count != index:  # another process's shard
+        continue
       if writer.shard_done(shard):
         skipped += 1
         bar.update(len(chunk))
@@ -95,25 +115,65 @@ def encode_captions(source: CaptionSource, encoder: TextEncoder, cache_dir: str 
                                                  tokens.attention_mask[part])
         bar.update(len(embeddings[part]))
       writer.write_shard(shard, ids, embeddings, tokens.attention_mask.sum(axis=1))
+      written.append(shard)
       encoded += len(chunk)
       num_truncated += int(tokens.truncated.sum())
       max_tokens = max(max_tokens, int(tokens.lengths.max()))
   if len(seen) != total:
     raise CacheError(f"the caption source yielded {len(seen)} captions but reports {total}")
-  if num_truncated:
+  if count > 1:
+    print(f"process {index} of {count}: encoded {encoded} captions (shards {written}) into "
+          f"{cache_dir}", flush=True)
+  mine = np.array([encoded, skipped, num_truncated, max_tokens], np.int64)
+  every = _gather(mine)  # (processes, 4): also the barrier after the last shard
+  encoded, skipped, num_truncated = (int(v) for v in every[:, :3].sum(axis=0))
+  max_tokens = int(every[:, 3].max())
+  if num_truncated and index == 0:
     log.warning("%d of %d newly encoded captions were longer than max_length=%d tokens (longest: "
                 "%d) and were truncated; raise config.text.max_length to keep them whole",
                 num_truncated, encoded, encoder.max_length, max_tokens)
-  writer.manifest.update(num_truncated=num_truncated, max_tokens=max_tokens)
-  writer.finish(total, num_shards)
+  if index == 0:
+    missing = [s for s in range(num_shards) if not writer.shard_done(s)]
+    if missing:
+      raise CacheError(f"shards {missing[:8]} of {cache_dir} were not written (a process failed?); "
+                       "run `imagen-jax encode` again to finish them")
+    writer.manifest.update(num_truncated=num_truncated, max_tokens=max_tokens)
+    writer.finish(total, num_shards)
+  _barrier(f"encode {cache_dir}: complete")  # nobody reads the cache before it is marked complete
   return EncodeReport(Path(cache_dir), total, encoded, skipped, num_truncated, max_tokens)
+
+
+def _barrier(name: str) -> None:
+  """Wait for every JAX process (a no-op in a single process)."""
+  import jax
+
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _gather(values: np.ndarray) -> np.ndarray:
+  """Every process's `values`, stacked (processes, ...); a barrier with several processes."""
+  import jax
+
+  if jax.process_count() == 1:
+    return values[None]
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(values))
 
 
 def resolve_encoder_dir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   """`config.text.encoder`, or the embedded tiny T5 (built in the workdir on first use)."""
   if config.text.encoder:
-    return Path(config.text.encoder)
+    return Path(resolve_path(config.text.encoder, workdir))
+  import jax
+
   directory = Path(workdir) / "text" / "default_t5"
+  if jax.process_count() > 1 and jax.process_index() != 0:  # process 0 builds it (same bytes)
+    _barrier(f"default T5 {directory}")
+    return directory
   if not default_t5.is_built(directory):
     split = config.text.default_tokenizer_split
     print(f"no config.text.encoder given: building the embedded tiny T5 in {directory} "
@@ -121,11 +181,15 @@ def resolve_encoder_dir(config: ml_collections.ConfigDict, workdir: str | Path) 
     captions = (caption for _, caption in caption_source(config.data.captions, split))
     default_t5.build_default_t5(directory, captions, seed=config.text.default_seed,
                                 vocab_size=config.text.default_vocab_size)
+  if jax.process_count() > 1:
+    _barrier(f"default T5 {directory}")
   return directory
 
 
 def cache_dir_for(config: ml_collections.ConfigDict, workdir: str | Path, split: str) -> Path:
-  return Path(config.text.cache_dir or Path(workdir) / "text_cache") / split
+  cache_dir = resolve_path(config.text.cache_dir, workdir) if config.text.cache_dir else \
+      Path(workdir) / "text_cache"
+  return Path(cache_dir) / split
 
 
 def cache_spec(encoder: TextEncoder, storage_dtype: str) -> CacheSpec:
@@ -135,15 +199,17 @@ def cache_spec(encoder: TextEncoder, storage_dtype: str) -> CacheSpec:
 
 
 def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path,
-                 batch_size: int | None = None) -> TextEncoder:
+                 batch_size: int | None = None, mesh: Any = None) -> TextEncoder:
   """The encoder of `config.text` (a T5 or DeepFloyd IF directory, or the embedded tiny T5);
-  `batch_size` overrides config.text.batch_size (sampling encodes a few prompts)."""
+  `batch_size` overrides config.text.batch_size (sampling encodes a few prompts); `mesh`: the
+  devices to encode on (`encoder.local_mesh`; None: one device)."""
   import jax.numpy as jnp
 
   return open_text_encoder(
       resolve_encoder_dir(config, workdir), max_length=config.text.max_length,
       batch_size=batch_size or config.text.batch_size, dtype=jnp.dtype(config.text.dtype),
-      param_dtype=jnp.dtype(config.text.param_dtype) if config.text.param_dtype else None)
+      param_dtype=jnp.dtype(config.text.param_dtype) if config.text.param_dtype else None,
+      mesh=mesh)
 
 
 def run_encode(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -152,7 +218,8 @@ def run_encode(config: ml_collections.ConfigDict, workdir: str | Path,
   if not config.data.captions:
     raise ValueError("config.data.captions is empty: name the captions to encode, e.g. "
                      "--config.data.captions=tfds:<dataset dir> or file:<captions.jsonl>")
-  encoder = load_encoder(config, workdir)
+  mesh_shape = config.text.get("mesh", "")
+  encoder = load_encoder(config, workdir, mesh=local_mesh(mesh_shape) if mesh_shape else None)
   reports = []
   for split in config.data.splits:
     source = caption_source(config.data.captions, split)

@@ -4,6 +4,12 @@ A caption source is an ordered, re-iterable, sized collection of (example id, ca
 a JSON-able `describe()` (recorded in the cache manifest, so that a resumed encode is known to be
 reading the same captions). The order is fixed, so an interrupted encode resumes exactly.
 
+A description says what the captions *are*, not where they were: a TFDS split by its dataset's
+name, config, version, split, example count and a fingerprint of the split's files (names, sizes,
+first and last MiB); a captions file by its name, count and a hash of its contents. Where they were
+read from is kept as `location`, for people, and is not compared (`same_source`): a workdir whose
+dataset moved with it — another disk, a bucket mount, another machine — reuses its cache.
+
 Spec strings (`config.data.captions`):
   * `tfds:<builder dir>`           a prepared TFDS dataset directory (…/<name>/<version>), read with
                                    `tfds.builder_from_directory(...).as_data_source(split)`
@@ -15,12 +21,14 @@ Spec strings (`config.data.captions`):
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from imagen_jax.data.pipeline import decode_text
+from imagen_jax.fingerprint import hash_file_edges
 
 
 class CaptionSource(Protocol):
@@ -56,7 +64,8 @@ class TfdsCaptions:
       yield decode_text(example[self.id_key]), decode_text(example[self.caption_key])
 
   def describe(self) -> dict[str, Any]:
-    return {"kind": "tfds", "dataset": self.spec, "split": self.split, "num_examples": len(self)}
+    location = self.spec if "@" in self.spec else str(Path(self.spec).resolve())
+    return {"kind": "tfds", **tfds_split_identity(self.source, self.split), "location": location}
 
 
 class CaptionFile:
@@ -99,7 +108,9 @@ class CaptionFile:
     return iter(self.items)
 
   def describe(self) -> dict[str, Any]:
-    return {"kind": "file", "path": str(self.path.resolve()), "num_examples": len(self)}
+    digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+    return {"kind": "file", "name": self.path.name, "num_examples": len(self),
+            "fingerprint": digest, "location": str(self.path.resolve())}
 
 
 def caption_source(spec: str, split: str = "train") -> CaptionSource:
@@ -113,3 +124,48 @@ def caption_source(spec: str, split: str = "train") -> CaptionSource:
   if kind == "file":
     return CaptionFile(rest)
   raise ValueError(f"unknown caption source kind {kind!r} in {spec!r}; use 'tfds:' or 'file:'")
+
+
+# Fields of a description that say where the captions were read, not what they are.
+LOCATION_FIELDS = ("location",)
+# Format-1 manifests (before descriptions had fingerprints) recorded the path itself.
+_LEGACY_LOCATION_FIELDS = ("dataset", "path")
+
+
+def tfds_split_identity(data_source: Any, split: str) -> dict[str, Any]:
+  """What a TFDS split is, independent of where it is stored: dataset name, config and version,
+  split, example count, and a fingerprint of the split's files (their names and sizes, and the
+  first and last MiB of each — enough to tell rebuilt data apart without reading terabytes)."""
+  from tensorflow_datasets.core.data_sources import base
+
+  info = data_source.dataset_info
+  h = hashlib.sha256()
+  for instruction in base.file_instructions(info, split):
+    hash_file_edges(h, Path(instruction.filename), f"{instruction.skip}\0{instruction.take}\0")
+  return {"name": info.name, "config": info.config_name or "", "version": str(info.version),
+          "split": split, "num_examples": len(data_source), "fingerprint": h.hexdigest()[:16]}
+
+
+def source_identity(description: dict[str, Any]) -> dict[str, Any]:
+  """A description without its location fields."""
+  return {k: v for k, v in description.items() if k not in LOCATION_FIELDS}
+
+
+def same_source(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+  """Whether a cache built from `recorded` holds the captions described by `current`, wherever
+  either was read from. A description from before fingerprints (it names the path itself) is
+  taken to match when its kind, split and count agree and the path ends in the same dataset
+  folders (…/<name>/<version>, or the captions file's name)."""
+  if recorded == current:
+    return True
+  if "fingerprint" in recorded:
+    return source_identity(recorded) == source_identity(current)
+  old = next((recorded[k] for k in _LEGACY_LOCATION_FIELDS if k in recorded), None)
+  if old is None or recorded.get("kind") != current.get("kind"):
+    return False
+  if any(recorded.get(k) != current.get(k) for k in ("split", "num_examples") if k in recorded):
+    return False
+  new = str(current.get("location", "")).removeprefix("tfds:")
+  old = str(old).removeprefix("tfds:")
+  tail = 1 if current.get("kind") == "file" else 2
+  return Path(old).parts[-tail:] == Path(new).parts[-tail:]

@@ -15,6 +15,7 @@ gradient are skipped and counted; `max_nonfinite_run` of them in a row save and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from imagen_jax import sharding as shd
 from imagen_jax.configlib import config_to_json
 from imagen_jax.data.pipeline import PipelineConfig, make_pipeline, open_split
+from imagen_jax.paths import record_path, resolve_path
 from imagen_jax.diffusion import (
   LossConfig,
   NoiseAugmentation,
@@ -124,7 +126,7 @@ def open_data(config: ml_collections.ConfigDict, workdir: Path, process_index: i
       batch_size=config.train.batch_size, resolution=config.resolution,
       lowres_size=config.lowres_resolution or None, crop_size=config.crop_size or None,
       seed=config.train.seed, num_threads=config.data.num_threads)
-  source = open_split(config.data.dataset, config.data.split)
+  source = open_split(resolve_path(config.data.dataset, workdir), config.data.split)
   simulated = config.data.get("simulate_hosts", 0)
   if simulated and simulated > 1:
     if jax.process_count() > 1:
@@ -146,6 +148,12 @@ def example_inputs(config: ml_collections.ConfigDict, text_len: int) -> tuple[tu
   return args, extra
 
 
+# Jitted train steps of this process, by what they compute and how they are laid out (few: each
+# holds a compiled executable).
+_JITTED_STEPS: dict[Any, Any] = {}
+_MAX_JITTED_STEPS = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class StageProgram:
   """What one stage's training compiles: the model's init, the optimiser and the step function.
@@ -155,6 +163,7 @@ class StageProgram:
   optimizer: optax.GradientTransformation
   init_params: Callable[[jax.Array], Any]
   step_fn: Callable[..., Any]
+  optimizer_config: OptimizerConfig | None = None  # with step_config: what the step computes
 
   @classmethod
   def build(cls, config: ml_collections.ConfigDict, text_len: int) -> StageProgram:
@@ -164,12 +173,25 @@ class StageProgram:
     args, extra = example_inputs(config, text_len)
     model = UNet(step_cfg.model)
     return cls(step_cfg, optimizer, lambda k: model.init(k, *args, **extra)["params"],
-               make_train_step(step_cfg, optimizer, learning_rate(opt_cfg)))
+               make_train_step(step_cfg, optimizer, learning_rate(opt_cfg)), opt_cfg)
 
   def jit_step(self, shardings: Any, batch_sh: dict[str, Any], mesh: jax.sharding.Mesh):
-    """The step jitted with explicit shardings, the state donated."""
-    return jax.jit(self.step_fn, in_shardings=(shardings, batch_sh),
-                   out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+    """The step jitted with explicit shardings, the state donated. A run that trains the same
+    step on the same layout again in this process (a resumed or continued run, a notebook
+    re-running a cell) reuses the jitted step and so its compiled executable."""
+    key = None
+    if self.optimizer_config is not None:
+      leaves, tree = jax.tree.flatten((shardings, batch_sh))
+      key = (self.step_config, self.optimizer_config, mesh, tree, tuple(leaves))
+      if key in _JITTED_STEPS:
+        return _JITTED_STEPS[key]
+    jitted = jax.jit(self.step_fn, in_shardings=(shardings, batch_sh),
+                     out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+    if key is not None:
+      if len(_JITTED_STEPS) >= _MAX_JITTED_STEPS:  # the oldest goes, with its executable
+        del _JITTED_STEPS[next(iter(_JITTED_STEPS))]
+      _JITTED_STEPS[key] = jitted
+    return jitted
 
   def initial_state(self, seed: int, mesh: jax.sharding.Mesh, rules: shd.Rules,
                     shardings: Any) -> Any:
@@ -234,6 +256,21 @@ def sample_grid(config: ml_collections.ConfigDict, step_cfg: StepConfig, params:
   return np.asarray(out)
 
 
+RECORDED_PATHS = (("data", "dataset"), ("text", "encoder"), ("text", "cache_dir"))
+
+
+def recorded_config(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+  """The config as a stage's `config.json` and checkpoints record it: its dataset, text encoder
+  and caption cache as `imagen_jax.paths.record_path` writes them (inside the workdir:
+  `{workdir}/...`; elsewhere: absolute), so that the record still names them when the workdir is
+  moved or used from another directory."""
+  recorded = copy.deepcopy(config)
+  for section, field in RECORDED_PATHS:
+    if recorded.get(section) is not None and recorded[section].get(field):
+      recorded[section][field] = record_path(recorded[section][field], workdir)
+  return recorded
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True,
           process_index: int | None = None, process_count: int | None = None) -> dict[str, Any]:
   """Train one stage (see the module docstring). Returns a summary of the run."""
@@ -243,8 +280,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
   is_if = if_finetune.is_if_stage(config)
   if is_if:
     if_finetune.resolve_config(config, stage_dir)
+  recorded = recorded_config(config, workdir)
   if jax.process_index() == 0:
-    (stage_dir / "config.json").write_text(config_to_json(config))
+    (stage_dir / "config.json").write_text(config_to_json(recorded))
   tc = config.train
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.get("num_devices") else None
   mesh = shd.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
@@ -261,7 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
   step_cfg = program.step_config
   target, shardings = abstract_sharded_state(program.init_params, program.optimizer, mesh, rules)
   num_params = param_count(target.params)
-  config_dict = json.loads(config_to_json(config))
+  config_dict = json.loads(config_to_json(recorded))
   with Checkpointer(stage_dir / "checkpoints", max_to_keep=tc.keep_checkpoints,
                     save_interval_steps=tc.checkpoint_every) as ckpt, \
       PreemptionGuard() as guard, MetricsWriter(stage_dir) as writer:
