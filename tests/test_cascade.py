@@ -303,14 +303,16 @@ def test_moved_workdir_resumes_exactly_reencodes_nothing_samples_and_evaluates(
     assert recorded["data"]["dataset"].startswith("{workdir}/data/shapes/")
   manifest = json.loads((moved / "text_cache" / "train" / "manifest.json").read_text())
   assert manifest["source"]["location"] == str(next((moved / "data" / "shapes").glob("*/1.0.0")))
-  # sampling and evaluation of the moved workdir: eval finds the data from what the run recorded
-  assert cli.main(["sample", "a small red circle", "a green triangle", "--workdir", str(relative),
+  # the run just started from `elsewhere` through a relative path, used from yet another current
+  # directory: sampling works, and eval finds the data from what the run recorded
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["sample", "a small red circle", "a green triangle", "--workdir", str(moved),
                    "--out", str(tmp_path / "grid.png"), "--steps", "4", "--guidance", "2",
                    "4"]) == 0
-  assert cli.main(["eval", "--workdir", str(relative), "--num", "8", "--guidance", "3",
+  assert cli.main(["eval", "--workdir", str(moved), "--num", "8", "--guidance", "3",
                    "--thresholding", "static", "--steps", "5"]) == 0
   assert "| guidance | thresholding |" in capsys.readouterr().out
   # data that is really gone is named, with the option to pass
   shutil.rmtree(moved / "data")
-  assert cli.main(["eval", "--workdir", str(relative), "--num", "8"]) == 2
+  assert cli.main(["eval", "--workdir", str(moved), "--num", "8"]) == 2
   assert "does not exist): pass the dataset's directory" in capsys.readouterr().err
