@@ -121,7 +121,7 @@ def test_t5_encode_plan_counts_the_flops_of_the_network():
   hand — per token and layer, 2·(4·d·hd + 3·d·d_ff) for the projections (gated feed-forward:
   wi_0, wi_1, wo) plus 2·2·n·hd for the attention scores and their weighting over n tokens —
   within 5% (measured +3.8%: norms, softmax and the split program's extra elementwise work; the
-  replicated program counts +1.4%); each device holds about 1/8 of the bfloat16 weights; the
+  replicated program counts +1.0%); each device holds about 1/8 of the bfloat16 weights; the
   projected rate follows from v5e's peak."""
   from imagen_jax.plan_t5 import T5_V1_1, format_encode_plan, plan_encode
 

@@ -148,8 +148,10 @@ class TextEncoder:
     replicas = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     self.batch_size = -(-self.batch_size // replicas) * replicas
     self.rules = self.rules or shd.DEFAULT_RULES
-    shardings = t5_param_shardings(self.config, self.mesh, self.rules)
-    self.params = jax.tree.map(jax.device_put, self.params, shardings)  # no-op when placed
+    if not all(isinstance(x, jax.Array) and getattr(x.sharding, "mesh", None) == self.mesh
+               for x in jax.tree.leaves(self.params)):  # `_load` already read them onto the mesh
+      shardings = t5_param_shardings(self.config, self.mesh, self.rules)
+      self.params = jax.tree.map(jax.device_put, self.params, shardings)
 
   @classmethod
   def from_directory(cls, path: str | os.PathLike, *, max_length: int = DEFAULT_MAX_LENGTH,
