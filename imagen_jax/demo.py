@@ -94,6 +94,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   machine = {"dataset": data.directory, "max_length": config.text_max_length}
   _section(f"3/5 train the base stage (text → {config.base.resolution} px)")
   base = demo_stage_config("base64", config.base.to_dict(), **machine)
+  if not base.train.num_steps:
+    base.train.num_steps = size_base_training(config.budget, base, workdir, time.time() - t0)
   if train(base, workdir, progress=config.progress)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
   _section(f"3/5 train the super-resolution stage ({config.sr.lowres_resolution} → {config.sr.resolution} px)")
@@ -114,7 +116,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         f"SR {config.sr.resolution} px): {grid_path}")
 
   _section("5/5 evaluate")
-  metrics = {"prompts": prompts, "minutes": None}
+  metrics = {"prompts": prompts, "minutes": None, "base_steps": base.train.num_steps,
+             "sr_steps": sr.train.num_steps}
   metrics.update(_evaluate(cascade, data.directory, config))
   metrics["minutes"] = round((time.time() - t0) / 60, 2)
   (workdir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -122,6 +125,50 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   print(f"\ngrid: {grid_path}\nmetrics: {workdir / 'demo_metrics.json'} "
         f"(total {metrics['minutes']} min)")
   return metrics
+
+
+def budget_base_steps(budget: ml_collections.ConfigDict, *, elapsed_s: float,
+                      step_s: float) -> int:
+  """How many base steps fit the demo's time budget: the minutes left after `elapsed_s` divided
+  by a training-loop step (the step alone, `step_s`, times `budget.loop_overhead` for the input
+  pipeline, logging and checkpoints), less what the rest of the demo costs (SR training, the
+  grid, the evaluation: about `budget.rest_in_base_steps` base steps on any machine, as
+  measured); within [`min_base_steps`, `max_base_steps`]."""
+  loop_step_s = step_s * budget.loop_overhead
+  fit = int((budget.minutes * 60 - elapsed_s) / loop_step_s) - budget.rest_in_base_steps
+  return min(max(fit, budget.min_base_steps), budget.max_base_steps)
+
+
+def size_base_training(budget: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+                       workdir: Path, elapsed_s: float) -> int:
+  """The base stage's step count when the demo config leaves it to the budget
+  (`base.train.num_steps=0`): the count this workdir's base stage was started with (so a
+  re-run resumes the same run), else the count that fits `budget.minutes` on this machine, from
+  the base train step timed here (`measure_step_seconds`). Shape and size are learnt late
+  (RESULTS, issue 17 §7: shape 0.51 at 3000 steps, 0.91 at 6000), so a faster machine spends
+  its spare minutes on base steps."""
+  from imagen_jax.train.loop import measure_step_seconds
+
+  recorded = workdir / base.stage / "config.json"
+  if recorded.exists():
+    steps = json.loads(recorded.read_text()).get("train", {}).get("num_steps")
+    if steps:
+      print(f"[budget] base stage: {steps} steps, as this workdir's run was started "
+            "(--config.base.train.num_steps=N sets another count)")
+      return int(steps)
+  probe = ml_collections.ConfigDict(base.to_dict())
+  probe.train.num_steps = budget.max_base_steps  # the step train() reuses if it trains that many
+  timed = measure_step_seconds(probe)
+  elapsed_s += timed["compile_s"] + 25 * timed["step_s"]
+  steps = budget_base_steps(budget, elapsed_s=elapsed_s, step_s=timed["step_s"])
+  capped = (" (the most it takes)" if steps == budget.max_base_steps else
+            " (the least it takes: this machine may need more than the budget)"
+            if steps == budget.min_base_steps else "")
+  print(f"[budget] base train step {1e3 * timed['step_s']:.0f} ms on this machine (compiled in "
+        f"{timed['compile_s']:.0f} s); {elapsed_s / 60:.1f} of the {budget.minutes:g} min "
+        f"budget spent → {steps} base steps{capped} "
+        "(--config.base.train.num_steps=N sets the count)", flush=True)
+  return steps
 
 
 def _write_grid(path: Path, rows: list[np.ndarray], make_grid) -> None:

@@ -20,10 +20,13 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def demo_config():
   """The demo's quick variant with 4 more base and 2 more SR steps and checkpoints on the way
-  (every 4 and 2 steps), so that a copy can be resumed from steps 12 and 4 (issue 21's test)."""
+  (every 4 and 2 steps), so that a copy can be resumed from steps 12 and 4 (issue 21's test).
+  The base step count is left to the time budget, as in the full demo (timed here, then bounded
+  to exactly 16 so that the tests sampling from it see one fixed stage)."""
   config = load_config(str(CONFIGS / "demo.py:quick"))
   config.progress = False
-  config.base.train.update(num_steps=16, checkpoint_every=4)
+  config.base.train.update(num_steps=0, checkpoint_every=4)
+  config.budget.update(min_base_steps=16, max_base_steps=16)
   config.sr.train.update(num_steps=6, checkpoint_every=2)
   return config
 
@@ -38,6 +41,10 @@ def demo_workdir(tmp_path_factory):
 
 def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   workdir, metrics = demo_workdir
+  # the budget timed the base step and sized the run (bounded to 16 by demo_config)
+  assert metrics["base_steps"] == 16 and metrics["sr_steps"] == 6
+  recorded = json.loads((workdir / "base64" / "config.json").read_text())
+  assert recorded["train"]["num_steps"] == 16
   grid = np.asarray(Image.open(workdir / "demo_grid.png"))
   assert grid.ndim == 3 and grid.shape[1] > 8 * 64  # 8 prompts of 64 px side by side
   saved = json.loads((workdir / "demo_metrics.json").read_text())
@@ -48,6 +55,24 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert {"single_color", "single_shape", "single_size", "two_relation"} <= set(
       saved["final_alignment"])
   assert saved["bicubic_psnr"] > 20 and saved["bicubic_align_all"] >= 0.9
+
+
+def test_demo_budget_gives_a_faster_machine_more_base_steps():
+  """The demo's default budget (configs/demo.py): 14 min, a loop step 1.1 × the step alone, the
+  rest of the demo worth 1400 base steps, 2000–6000 base steps. Worked by hand, 30 s spent: at
+  90 ms a step (840 − 30) / 0.099 − 1400 = 6781 → capped at 6000; at 100 ms 7363 − 1400 =
+  5963; at 173 ms (the slower machines the budget was first set on) 4256 − 1400 = 2856; at
+  500 ms 1472 − 1400 = 72 → the floor, 2000."""
+  from imagen_jax.demo import budget_base_steps
+
+  budget = load_config(str(CONFIGS / "demo.py")).budget
+  assert budget.minutes == 14 and budget.rest_in_base_steps == 1400
+  assert budget.loop_overhead == 1.1
+  steps = {s: budget_base_steps(budget, elapsed_s=30, step_s=s) for s in (0.09, 0.1, 0.173, 0.5)}
+  assert steps == {0.09: 6000, 0.1: 5963, 0.173: 2856, 0.5: 2000}
+  # and the default demo leaves the count to it (the quick variant fixes its own)
+  assert load_config(str(CONFIGS / "demo.py")).base.train.num_steps == 0
+  assert load_config(str(CONFIGS / "demo.py:quick")).base.train.num_steps == 12
 
 
 def test_python_api_is_reproducible_and_compiles_each_stage_once(demo_workdir):
@@ -297,6 +322,8 @@ def test_moved_workdir_resumes_exactly_reencodes_nothing_samples_and_evaluates(
   out = capsys.readouterr().out
   assert out.count("already complete") == 2, "the moved cache must be reused, not re-encoded"
   assert "[base64] resumed from step 12" in out and "[sr256] resumed from step 4" in out
+  # the base step count is the one the run was started with, not timed again
+  assert "[budget] base stage: 16 steps, as this workdir's run was started" in out
   for stage in ("base64", "sr256"):
     assert _losses(moved / stage) == _losses(workdir / stage)  # bit for bit, every logged step
     recorded = json.loads((moved / stage / "config.json").read_text())

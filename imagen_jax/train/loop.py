@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,50 @@ def sample_grid(config: ml_collections.ConfigDict, step_cfg: StepConfig, params:
   return np.asarray(out)
 
 
+def measure_step_seconds(config: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3
+                         ) -> dict[str, float]:
+  """Time the stage's train step on this machine: the step `train` would run (same program,
+  mesh and layout, from a fresh state) on a random batch of the stage's shapes — the step's cost
+  does not depend on the pixels. Returns {"compile_s": the first call's seconds (the compile),
+  "step_s": seconds per step over `steps` steps after `warmup`}. The jitted step is the one
+  `train` reuses for an equal config in this process, so calling this first costs no extra
+  compile (`imagen_jax.demo` sizes its training with it)."""
+  tc = config.train
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.get("num_devices") else None
+  mesh = shd.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
+                        "tensor": config.mesh.tensor}, devices)
+  rules = shd.rules_from_config(config.mesh.get("rules"))
+  text_len = config.text.max_length
+  program = build_program(config, text_len)
+  _, shardings = abstract_sharded_state(program.init_params, program.optimizer, mesh, rules)
+  state = program.initial_state(tc.seed, mesh, rules, shardings)
+  rng = np.random.default_rng(0)
+  size, b = config.crop_size or config.resolution, tc.batch_size
+  host = {"image": rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32),
+          "text_embeddings": rng.standard_normal((b, text_len, config.model.text_dim)
+                                                 ).astype(np.float32),
+          "text_mask": np.ones((b, text_len), bool)}
+  if config.lowres_resolution:
+    low = size * config.lowres_resolution // config.resolution
+    host["lowres"] = rng.uniform(-1, 1, (b, low, low, 3)).astype(np.float32)
+  batch_sh = batch_shardings(config, mesh)
+  compiled = program.jit_step(shardings, batch_sh, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    batch = global_batch(host, batch_sh)
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    compile_s = time.perf_counter() - start
+    for _ in range(warmup - 1):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):  # dispatched back to back, as the training loop does
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+  return {"compile_s": compile_s, "step_s": (time.perf_counter() - start) / steps}
+
+
 RECORDED_PATHS = (("data", "dataset"), ("text", "encoder"), ("text", "cache_dir"))
 
 
@@ -275,6 +320,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
           process_index: int | None = None, process_count: int | None = None) -> dict[str, Any]:
   """Train one stage (see the module docstring). Returns a summary of the run."""
   workdir = Path(workdir)
+  if not config.train.num_steps or config.train.num_steps < 0:
+    raise ValueError(f"stage {config.stage}: train.num_steps is {config.train.num_steps}; give "
+                     "the number of steps to train (--config.train.num_steps=N; the demo sizes "
+                     "its base stage's to the machine, `imagen-jax demo` does that)")
   stage_dir = workdir / config.stage
   stage_dir.mkdir(parents=True, exist_ok=True)
   is_if = if_finetune.is_if_stage(config)
