@@ -75,7 +75,9 @@ def get_config(arg: str = "I"):
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
   config.train.max_nonfinite_run = 10
-  config.train.sample_every = 0  # not supported for IF stages: sample with `imagen-jax sample`
+  # N > 0: every N steps a grid of num_samples samples for the batch's captions, drawn as
+  # `imagen-jax sample --workdir` draws the stage (IF's scheduler, sample_steps steps)
+  config.train.sample_every = 0
   config.train.num_samples = 8
   config.train.sample_steps = 25
   config.train.guidance_weight = 7.0

@@ -243,7 +243,7 @@ def chain_stages(stages: Sequence[CascadeStage]) -> list[CascadeStage]:
 def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder:
   """The text encoder the stages were trained with (a T5 or DeepFloyd IF directory, as
   `imagen-jax encode` loaded it); checked against the training cache."""
-  from imagen_jax.text.encode import cache_dir_for, load_encoder, resolve_encoder_dir
+  from imagen_jax.text.encode import load_encoder, resolve_encoder_dir
 
   directory = (resolve_encoder_dir(config, workdir) if config.text.encoder else
                workdir / "text" / "default_t5")
@@ -254,14 +254,24 @@ def encoder_for(workdir: Path, config: ml_collections.ConfigDict) -> TextEncoder
     encoder = load_encoder(config, workdir, batch_size=8)
   except (FileNotFoundError, ValueError) as e:
     raise CascadeError(f"cannot load the text encoder {directory}: {e}") from e
+  check_trained_encoder(workdir, config, encoder.fingerprint, f"the text encoder in {directory}")
+  return encoder
+
+
+def check_trained_encoder(workdir: Path, config: ml_collections.ConfigDict, fingerprint: str,
+                          what: str) -> None:
+  """Refuse an encoder (`what`, its `fingerprint`) that is not the one that encoded the captions
+  the stage of `config` was trained on, as its caption cache's manifest records it (a stage
+  whose cache is gone is not checked)."""
+  from imagen_jax.text.encode import cache_dir_for
+
   manifest = cache_dir_for(config, workdir, config.data.split) / "manifest.json"
   if manifest.is_file():
     spec = CacheSpec(**json.loads(manifest.read_text())["spec"])
-    if spec.encoder_fingerprint != encoder.fingerprint:
-      raise CascadeError(f"the text encoder in {directory} is not the one the stages were "
-                         f"trained with (cache {manifest.parent} has fingerprint "
-                         f"{spec.encoder_fingerprint}, the encoder {encoder.fingerprint})")
-  return encoder
+    if spec.encoder_fingerprint != fingerprint:
+      raise CascadeError(f"{what} is not the one stage {config.stage} was trained with (its "
+                         f"cache {manifest.parent} has fingerprint {spec.encoder_fingerprint}, "
+                         f"the encoder {fingerprint})")
 
 
 @dataclasses.dataclass
@@ -291,8 +301,17 @@ class Cascade:
     samples with the key fold_in(key(seed), i) (`jit_sample`'s); an SR stage's conditioning
     noise is drawn from fold_in(that key, 1).
     """
+    return self.sample_encoded(self.encode(prompts), seed=seed, options=options, lowres=lowres,
+                               stages=stages)
+
+  def sample_encoded(self, cond: dict[str, Any], *, seed: int = 0,
+                     options: dict[str, SamplingOptions] | None = None,
+                     lowres: np.ndarray | None = None, stages: Sequence[str] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """`sample` for text already encoded: `cond` = {"text": (n, L, D) embeddings, "text_mask":
+    (n, L)} as the encoder (or the training cache) gives them."""
     options = options or {}
-    cond = self.encode(prompts)
+    cond = {"text": jnp.asarray(cond["text"]), "text_mask": jnp.asarray(cond["text_mask"])}
     n = cond["text"].shape[0]
     run = [s for s in self.stages if stages is None or s.name in stages]
     if lowres is not None:
@@ -412,9 +431,9 @@ def stage_dirs(workdir: Path) -> list[Path]:
                 if (d / "config.json").is_file() and (d / "checkpoints").is_dir())
 
 
-def load_cascade(workdir: str | Path, stages: Sequence[str] | None = None,
-                 use_ema: bool = True) -> Cascade:
-  """Load every trained stage of `workdir` (or the named ones) and the text encoder."""
+def workdir_stage_dirs(workdir: str | Path, stages: Sequence[str] | None = None
+                       ) -> dict[str, Path]:
+  """The folders of `workdir`'s trained stages (or of the named ones), by stage folder name."""
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise CascadeError(f"workdir {workdir} does not exist")
@@ -428,10 +447,56 @@ def load_cascade(workdir: str | Path, stages: Sequence[str] | None = None,
   if not found:
     raise CascadeError(f"workdir {workdir} has no trained stages (folders with config.json and "
                        "checkpoints/); train one with `imagen-jax train`")
+  return found
+
+
+def set_negative_text(stages: Sequence[CascadeStage], encoder: Any) -> None:
+  """DeepFloyd IF stages (released or fine-tuned) guide against the empty prompt's encoding."""
+  for stage in stages:
+    if hasattr(stage, "negative_text"):
+      stage.negative_text = encoder.null_embedding()[None]
+
+
+def load_cascade(workdir: str | Path, stages: Sequence[str] | None = None,
+                 use_ema: bool = True) -> Cascade:
+  """Load every trained stage of `workdir` (or the named ones) and the text encoder."""
+  found = workdir_stage_dirs(workdir, stages)
   loaded = chain_stages([load_stage(d, use_ema=use_ema) for d in found.values()])
   config = read_stage_config(found[loaded[0].name])
-  encoder = encoder_for(workdir, config)
-  for stage in loaded:
-    if hasattr(stage, "negative_text"):  # a fine-tuned IF stage: guidance's branch is ""
-      stage.negative_text = encoder.null_embedding()[None]
+  encoder = encoder_for(Path(workdir), config)
+  set_negative_text(loaded, encoder)
   return Cascade(loaded, encoder)
+
+
+def continuation_stage_dirs(workdir: Path, stages: Sequence[str] | None,
+                            taken: Sequence[str]) -> dict[str, Path]:
+  """`workdir_stage_dirs`, checked (from their configs alone) to be super-resolution stages
+  whose names are not `taken` by the stages they follow."""
+  found = workdir_stage_dirs(workdir, stages)
+  for name, folder in found.items():
+    config = read_stage_config(folder)
+    if not config.get("lowres_resolution"):
+      raise CascadeError(f"stage {name} of {workdir} is a base stage (text → "
+                         f"{config.get('resolution')} px); after the pretrained stages only "
+                         "super-resolution stages can follow: choose them with --stages")
+    if config.get("stage") in taken:
+      raise CascadeError(f"stage {config.stage} is both a pretrained stage and one of "
+                         f"{workdir}'s: give one of them")
+  return found
+
+
+def continue_cascade(cascade: Cascade, workdir: str | Path, stages: Sequence[str] | None = None,
+                     use_ema: bool = True) -> Cascade:
+  """`cascade` (e.g. DeepFloyd IF's released stages, `load_if_cascade`) continued by super-
+  resolution stages trained in `workdir` (all of its stages, or the named ones) — e.g. IF-I →
+  IF-II → a 256 → 1024 stage of ours. Those stages must have been trained on captions encoded
+  by `cascade`'s text encoder (`imagen-jax encode --config.text.encoder=IF_I_DIR`), and must
+  each take the previous stage's images."""
+  workdir = Path(workdir)
+  found = continuation_stage_dirs(workdir, stages, [s.name for s in cascade.stages])
+  for folder in found.values():
+    check_trained_encoder(workdir, read_stage_config(folder), cascade.encoder.fingerprint,
+                          "the pretrained stages' text encoder")
+  loaded = [load_stage(d, use_ema=use_ema) for d in found.values()]
+  set_negative_text(loaded, cascade.encoder)
+  return Cascade(chain_stages([*cascade.stages, *loaded]), cascade.encoder)

@@ -327,12 +327,80 @@ def test_cli_sample_pretrained(if_setup, tmp_path, capsys):
   assert out.is_file() and "grid:" in capsys.readouterr().out
 
 
+def test_pretrained_stages_then_a_workdir_sr_stage(if_setup, tmp_path, capsys):
+  """IF-I → IF-II → a super-resolution stage of ours (32 → 64 px here; 256 → 1024 after the real
+  IF-II), trained on captions encoded by IF-I's T5 (`imagen-jax encode` with
+  `text.encoder=IF_I_DIR`): `imagen-jax sample --pretrained I --pretrained II --workdir W` runs
+  the three, IF's stages drawing exactly what they draw without W. A workdir stage trained on
+  another text encoder, or a base stage, is refused in one line."""
+  import json
+  import shutil
+  from pathlib import Path
+
+  from PIL import Image
+
+  from imagen_jax.configlib import apply_overrides, load_config
+  from imagen_jax.data import build_dataset
+  from imagen_jax.text.encode import run_encode
+  from imagen_jax.train.loop import train
+  from imagen_jax.train.metrics import to_uint8
+
+  configs = Path(__file__).resolve().parent.parent / "configs"
+  root = if_setup.root
+  data = build_dataset("shapes", tmp_path / "data", resolution=64, num_train=4, num_test=2)
+  work = tmp_path / "w"
+  text = [f"text.encoder={root / 'IF-I'}", "text.max_length=77"]
+  run_encode(apply_overrides(load_config(str(configs / "text.py")), [
+      f"data.captions=tfds:{data.directory}", "data.splits=train", "text.cache_dtype=float32",
+      *text]), work, progress=False)
+  sr = apply_overrides(load_config(str(configs / "sr256.py:tiny")), [
+      "resolution=64", "lowres_resolution=32", f"data.dataset={data.directory}", *text,
+      f"model.text_dim={T5['d_model']}", "train.num_steps=1", "train.batch_size=2",
+      "mesh.num_devices=1", "data.num_threads=1"])
+  train(sr, work, progress=False)
+
+  pretrained = ["--pretrained", str(root / "IF-I"), "--pretrained", str(root / "IF-II")]
+  out = tmp_path / "mixed.png"
+  assert cli.main(["sample", *PROMPTS, *pretrained, "--workdir", str(work), "--steps",
+                   str(STEPS), "--seed", str(SEED), "--out", str(out)]) == 0
+  folder = tmp_path / "mixed"
+  sizes = {name: np.asarray(Image.open(folder / f"001_{name}.png")).shape
+           for name in ("if_I", "if_II", sr.stage)}
+  assert sizes == {"if_I": (16, 16, 3), "if_II": (32, 32, 3), sr.stage: (64, 64, 3)}
+  assert "(2 images of 64 px)" in capsys.readouterr().out  # the grid shows the last stage
+  options = {s.name: SamplingOptions(num_steps=STEPS) for s in if_setup.cascade.stages}
+  alone = if_setup.cascade.sample(PROMPTS, seed=SEED, options=options)
+  for name in ("if_I", "if_II"):
+    for i, image in enumerate(to_uint8(alone[name])):
+      np.testing.assert_array_equal(np.asarray(Image.open(folder / f"{i:03d}_{name}.png")), image)
+
+  # captions encoded by another T5 (the manifest's fingerprint says so): refused
+  other = tmp_path / "other"
+  shutil.copytree(work, other)
+  manifest = other / "text_cache" / "train" / "manifest.json"
+  record = json.loads(manifest.read_text())
+  record["spec"]["encoder_fingerprint"] = "0" * 16
+  manifest.write_text(json.dumps(record))
+  capsys.readouterr()
+  assert cli.main(["sample", "a red circle", *pretrained, "--workdir", str(other)]) == 2
+  err = capsys.readouterr().err
+  assert f"is not the one stage {sr.stage} was trained with" in err and "Traceback" not in err
+  # a base stage cannot follow IF's stages
+  shutil.copytree(work / sr.stage, other / "base64")
+  config = json.loads((other / "base64" / "config.json").read_text())
+  (other / "base64" / "config.json").write_text(json.dumps(
+      {**config, "stage": "base64", "lowres_resolution": 0}))
+  assert cli.main(["sample", "a red circle", *pretrained, "--workdir", str(other),
+                   "--stages", "base64"]) == 2
+  assert "is a base stage" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "{empty}"], "no unet/config.json"),
     (["--pretrained", "{missing}"], "does not exist"),
     (["--pretrained", "{II}", "--pretrained", "{I}"], "the first directory must be a stage I"),
     (["--pretrained", "{I}", "--pretrained", "{I}"], "must be a stage II"),
-    (["--pretrained", "{I}", "--workdir", "{empty}"], "not allowed with argument"),
+    (["--pretrained", "{I}", "--workdir", "{empty}"], "has no trained stages"),
     (["--pretrained", "{I}", "--stages", "if_I"], "--stages selects stages of a --workdir"),
 ])
 def test_cli_pretrained_errors(if_setup, tmp_path, capsys, args, message):

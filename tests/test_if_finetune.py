@@ -153,11 +153,14 @@ STEPS, EVERY = 16, 4
 
 @pytest.fixture(scope="module")
 def finetuned(if_prepared, tmp_path_factory):
-  """30 steps of fine-tuning from the tiny IF directory, in-process."""
+  """30 steps of fine-tuning from the tiny IF directory, in-process, with a grid of 2 samples (3
+  sampler steps) written at the end."""
   p = if_prepared
   work = _own_workdir(p, tmp_path_factory.mktemp("finetuned") / "w")
-  summary = train(_config(p, 30, **{"train.checkpoint_every": 30}), work, progress=False)
-  return types.SimpleNamespace(work=work, summary=summary)
+  config = _config(p, 30, **{"train.checkpoint_every": 30, "train.sample_every": 30,
+                             "train.num_samples": 2, "train.sample_steps": 3})
+  summary = train(config, work, progress=False)
+  return types.SimpleNamespace(work=work, summary=summary, config=config)
 
 
 def test_first_state_holds_the_weights(if_prepared):
@@ -187,6 +190,30 @@ def test_fine_tuning_lowers_the_loss(if_prepared, finetuned):
   assert json.loads((copied / "unet" / "config.json").read_text()) == \
       json.loads((p.if_dir / "unet" / "config.json").read_text())
   assert not list(copied.rglob("*.safetensors"))
+
+
+def test_samples_written_while_training_are_what_the_checkpoint_draws(finetuned):
+  """`train.sample_every` on an IF stage: the grid written at step 30 holds what the step-30
+  checkpoint draws through the cascade (`load_cascade`: its EMA weights, IF's scheduler, guidance
+  against the encoder's "") for the captions of the step's batch (replayed from the data
+  pipeline), with the same seed, steps and guidance weight."""
+  from imagen_jax.cascade import SamplingOptions, load_cascade
+  from imagen_jax.train.loop import open_data
+  from imagen_jax.train.metrics import make_grid
+  from PIL import Image
+
+  config, work = finetuned.config, finetuned.work
+  written = np.asarray(Image.open(work / "if_I" / "samples" / "samples_00000030.png"))
+  iterator, _ = open_data(config, work)
+  for _ in range(30):
+    batch = next(iterator)
+  cascade = load_cascade(work)
+  assert cascade.stages[0].step == 30
+  drawn = cascade.sample_encoded(
+      {"text": batch["text_embeddings"][:2], "text_mask": batch["text_mask"][:2]}, seed=30,
+      options={"if_I": SamplingOptions(config.train.guidance_weight, num_steps=3)})["if_I"]
+  assert drawn.shape == (2, 16, 16, 3) and np.std(drawn) > 0.05
+  np.testing.assert_array_equal(written, make_grid(drawn))
 
 
 def test_exported_stage_samples_like_the_workdir(if_prepared, finetuned, tmp_path):

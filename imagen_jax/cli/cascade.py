@@ -3,7 +3,10 @@
 repaired from a prompt through every stage) and `eval` (scores on a dataset split). They share the
 sampling flags and write images the same way. All but `eval` also run DeepFloyd IF's released
 stages instead of a workdir: `--pretrained IF-I-XL-v1.0 [--pretrained IF-II-L-v1.0]`
-(`imagen_jax.pretrained.load_if_cascade`); sampling flags left out then take IF's defaults."""
+(`imagen_jax.pretrained.load_if_cascade`), or both: IF's stages followed by the workdir's
+super-resolution stages (`--pretrained IF-I --pretrained IF-II --workdir W`, W's 256 → 1024
+stage trained on captions encoded by IF's T5). Sampling flags left out take each stage's
+defaults (IF's for IF stages)."""
 
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ STRENGTH = float_in(0.0, 1.0, lo_open=True, what="1: from pure noise")
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-  source = parser.add_mutually_exclusive_group(required=True)
+  source = parser.add_argument_group("stages (--workdir, --pretrained, or both)")
   source.add_argument("--workdir", metavar="DIR",
-                      help="a training workdir with one folder per trained stage")
+                      help="a training workdir with one folder per trained stage; with "
+                      "--pretrained, its super-resolution stages follow IF's (e.g. a 256 → 1024 "
+                      "stage trained on captions encoded by the IF directory)")
   source.add_argument("--pretrained", action="append", metavar="DIR",
                       help="DeepFloyd IF's stage I directory (diffusers format, e.g. "
                       "IF-I-XL-v1.0/), then optionally its stage II (--pretrained "
@@ -50,7 +55,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="--pretrained: parameter dtype of the U-Nets and T5 (default float32; "
                       "bfloat16 halves their memory)")
-  parser.add_argument("--stages", nargs="+", default=None, help="only these stages (--workdir)")
+  parser.add_argument("--stages", nargs="+", default=None,
+                      help="only these stages of --workdir")
 
 
 def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +85,9 @@ def _planned_stages(args: argparse.Namespace) -> list[tuple[str, bool, bool]] | 
   cascade order, from the --pretrained directories given or the --workdir's stage folders'
   config.json (folders with config.json and checkpoints/, `imagen_jax.cascade.stage_dirs`):
   nothing is loaded. None when it cannot be told that way (the loader then says why)."""
-  if args.pretrained:
-    return [("if_I", False, True), ("if_II", True, True)][:len(args.pretrained)]
+  pretrained = [("if_I", False, True), ("if_II", True, True)][:len(args.pretrained or ())]
+  if not args.workdir:
+    return pretrained
   workdir = Path(args.workdir)
   if not workdir.is_dir():
     return None
@@ -98,17 +105,20 @@ def _planned_stages(args: argparse.Namespace) -> list[tuple[str, bool, bool]] | 
       return None
   if not found or (args.stages and len(found) != len(set(args.stages))):
     return None
-  return [stage[1:] for stage in sorted(found)]
+  return pretrained + [stage[1:] for stage in sorted(found)]
 
 
 def _check_sampling_args(args: argparse.Namespace, sr_only: bool = False) -> None:
   """The sampling flags against each other and against the stages that will run (`sr_only`:
   upscale, the super-resolution ones), before anything is loaded."""
+  if not args.pretrained and not args.workdir:
+    raise ConfigError("no stages: give --workdir DIR (stages trained here), --pretrained DIR "
+                      "(DeepFloyd IF's released stages), or both")
   if args.pretrained:
     if len(args.pretrained) > 2:
       raise ConfigError(f"--pretrained takes IF's stage I directory and optionally its stage II, "
                         f"got {len(args.pretrained)} directories")
-    if args.stages:
+    if args.stages and not args.workdir:
       raise ConfigError("--stages selects stages of a --workdir; with --pretrained, give only the "
                         "stage directories you want")
   elif args.dtype is not None:
@@ -146,15 +156,17 @@ def _sampling_options(args: argparse.Namespace, stages: list, sr_only: bool = Fa
 
 
 def _load_cascade(args: argparse.Namespace):
-  """The cascade of --workdir (its --stages), or DeepFloyd IF's stages of --pretrained (flags
-  checked by `_check_sampling_args`)."""
+  """The cascade of --workdir (its --stages), or DeepFloyd IF's stages of --pretrained, followed
+  by --workdir's super-resolution stages when both are given (flags checked by
+  `_check_sampling_args`)."""
   from imagen_jax.cascade import load_cascade
 
   if not args.pretrained:
     return load_cascade(args.workdir, args.stages)
   from imagen_jax.pretrained import load_if_cascade
 
-  return load_if_cascade(*args.pretrained, dtype=args.dtype)
+  return load_if_cascade(*args.pretrained, dtype=args.dtype, workdir=args.workdir,
+                         workdir_stages=args.stages)
 
 
 def _save_outputs(images: dict, prompts: list[str], out: str) -> None:
@@ -210,7 +222,8 @@ def _run_upscale(args: argparse.Namespace, overrides: list[str]) -> int:
     cascade = _load_cascade(args)
     sr = [s for s in cascade.stages if s.lowres_resolution]
     if not sr:
-      source = f"workdir {args.workdir}" if args.workdir else f"--pretrained {args.pretrained}"
+      source = " and ".join(([f"--pretrained {args.pretrained}"] if args.pretrained else []) +
+                            ([f"workdir {args.workdir}"] if args.workdir else []))
       raise CascadeError(f"{source} has no super-resolution stage")
     size = sr[0].lowres_resolution
     low = np.asarray(picture.resize((size, size), Image.BICUBIC), np.float32) / 127.5 - 1.0
@@ -294,7 +307,7 @@ def _run_repair(args: argparse.Namespace, inpaint: bool) -> int:
     if args.repaint:
       repaint = RePaint(*args.repaint)
       # a trained stage's default sampler is DPM-Solver++; IF's is its scheduler's (DDPM)
-      sampler = args.sampler or ("" if args.pretrained else TRAINED_STAGE_DEFAULTS["sampler"])
+      sampler = args.sampler or (TRAINED_STAGE_DEFAULTS["sampler"] if args.workdir else "")
       if sampler in MULTISTEP:
         raise ConfigError("--repaint needs an ancestral sampler: add --sampler ddpm (or ddim)")
   try:

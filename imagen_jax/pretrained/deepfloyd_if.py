@@ -57,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_jax.cascade import (Cascade, CascadeError, SamplingOptions, StageSampling,
-                                chain_stages)
+                                chain_stages, continuation_stage_dirs,
+                                continue_cascade)
 from imagen_jax.diffusion.diffusers_scheduler import (IF_PIPELINE_DEFAULTS, DiffusersScheduler,
                                                       from_diffusers_config,
                                                       timestep_from_logsnr)
@@ -358,11 +359,14 @@ def load_if_stage(path: str | Path, *, dtype: Any = None, compute_dtype: Any = N
 
 def load_if_cascade(stage_I_dir: str | Path, stage_II_dir: str | Path | None = None, *,
                     dtype: Any = None, compute_dtype: Any = None, text_dtype: Any = None,
-                    mesh: jax.sharding.Mesh | None = None) -> Cascade:
+                    mesh: jax.sharding.Mesh | None = None, workdir: str | Path | None = None,
+                    workdir_stages: Sequence[str] | None = None) -> Cascade:
   """DeepFloyd IF's stage I (and stage II) as a `Cascade`: stages "if_I" (e.g. 64 px) and
   "if_II" (e.g. 256 px), the text encoder of the first directory with a `text_encoder/` (stage
   I's, normally). `dtype`/`compute_dtype`/`mesh` apply to the U-Nets (`load_if_stage`),
-  `text_dtype` to T5's parameters (default: `dtype`)."""
+  `text_dtype` to T5's parameters (default: `dtype`). With `workdir`, its trained
+  super-resolution stages (or those named in `workdir_stages`) follow IF's — e.g. a 256 → 1024 stage trained
+  on captions encoded by this IF directory (`imagen_jax.cascade.continue_cascade`)."""
   # Every directory's configs first: a wrong one fails before minutes of weight reading.
   first = inspect_if_stage(stage_I_dir)
   if first.kind != "stage_I":
@@ -378,6 +382,8 @@ def load_if_cascade(stage_I_dir: str | Path, stage_II_dir: str | Path | None = N
       raise CascadeError(f"{stage_I_dir} and {stage_II_dir} take text of different widths "
                          f"({first.text_dim}, {second.text_dim})")
     dirs.append(Path(stage_II_dir))
+  if workdir is not None:
+    continuation_stage_dirs(Path(workdir), workdir_stages, ["if_I", "if_II"][:len(dirs)])
   text_dir = next((d for d in dirs if (d / "text_encoder" / "config.json").is_file()), None)
   if text_dir is None:
     raise CascadeError(f"no text_encoder/ in {', '.join(map(str, dirs))}: IF's T5-v1.1-XXL "
@@ -391,4 +397,5 @@ def load_if_cascade(stage_I_dir: str | Path, stage_II_dir: str | Path | None = N
   negative = encoder.null_embedding()[None]  # the pipelines' default negative prompt, ""
   for stage in stages:
     stage.negative_text = negative
-  return Cascade(chain_stages(stages), encoder)
+  cascade = Cascade(chain_stages(stages), encoder)
+  return cascade if workdir is None else continue_cascade(cascade, workdir, workdir_stages)

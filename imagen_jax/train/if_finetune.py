@@ -299,6 +299,31 @@ class IFStageProgram:
     return {"null_text": jax.device_put(null, shd.replicated(mesh))}
 
 
+def sample_grid(config: ml_collections.ConfigDict, program: IFStageProgram, stage_dir: Path,
+                params: Any, batch: dict[str, np.ndarray], null_text: np.ndarray,
+                seed: int) -> np.ndarray:
+  """A few samples of the stage (`params`: its EMA weights) for the batch's first captions —
+  stage II: from their low-res images — drawn as `imagen-jax sample --workdir` draws the
+  checkpoint (`Cascade.sample_encoded` on the stage `load_stage` makes: IF's scheduler and
+  thresholding, guidance against the empty prompt's encoding `null_text`) with
+  `train.sample_steps` steps at `train.guidance_weight`; seeded with `seed`."""
+  from imagen_jax.cascade import Cascade, SamplingOptions
+  from imagen_jax.pretrained.deepfloyd_if import inspect_if_stage
+
+  n = min(config.train.num_samples, len(batch["text_embeddings"]))
+  stage = inspect_if_stage(config_dir(stage_dir), config.lowres_resolution or None)
+  unet = dataclasses.replace(program.step_config.unet, sample_size=config.resolution,
+                             remat=False)
+  stage = dataclasses.replace(stage, name=config.stage, unet=unet, params=params)
+  stage.negative_text = jnp.asarray(null_text, jnp.float32)[None]
+  options = {stage.name: SamplingOptions(config.train.guidance_weight,
+                                         num_steps=config.train.sample_steps)}
+  cond = {"text": batch["text_embeddings"][:n], "text_mask": batch["text_mask"][:n]}
+  lowres = batch["lowres"][:n] if config.lowres_resolution else None
+  return Cascade([stage], encoder=None).sample_encoded(cond, seed=seed, options=options,
+                                                       lowres=lowres)[stage.name]
+
+
 def check_resolutions(config: ml_collections.ConfigDict, unet: IFUNetConfig) -> None:
   """The stage config's sizes against the IF U-Net: resolutions divisible by its downsampling,
   a low-res input for stage II only."""

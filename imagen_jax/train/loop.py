@@ -339,10 +339,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
   rules = shd.rules_from_config(config.mesh.get("rules"))
   iterator, cache = open_data(config, workdir, process_index, process_count)
   if is_if:
-    if tc.sample_every:
-      raise ValueError("train.sample_every is not supported for DeepFloyd IF stages yet: set it "
-                       "to 0 and sample the checkpoints with imagen-jax sample --workdir")
-    if_finetune.read_null_embedding(cache)  # before any weights are read
+    null_text = if_finetune.read_null_embedding(cache)  # before any weights are read
     if_finetune.prepare_stage_dir(config, stage_dir)
   program = build_program(config, cache.spec.max_length, stage_dir)
   step_cfg = program.step_config
@@ -399,7 +396,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
               f"gradient (up to step {step}); stopped with a checkpoint. Lower train.lr, check "
               "the data, or use bfloat16 only for compute (model.param_dtype='float32').")
       if tc.sample_every and step % tc.sample_every == 0:
-        grid = sample_grid(config, step_cfg, state.ema_params, local, seed=step)
+        grid = (if_finetune.sample_grid(config, program, stage_dir, state.ema_params, local,
+                                        null_text, seed=step) if is_if else
+                sample_grid(config, step_cfg, state.ema_params, local, seed=step))
         writer.write_images(step, "samples", grid)
       # multi-host, asking every host is a collective: once per logging interval is enough
       stopped = guard.should_stop(step) if (
