@@ -115,7 +115,8 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
   from imagen_jax.eval.run import evaluate_cascade, read_split, shapes_alignment
 
   workdir, plots = Path(args.workdir), Path(args.workdir) / "plots"
-  config = demo_config([f"progress={not args.no_progress}", f"text_max_length={MAX_LENGTH}"])
+  config = demo_config([f"progress={not args.no_progress}", f"text_max_length={MAX_LENGTH}",
+                        f"data.num_train={args.num_train}"])
   data = prepare_inputs(config, workdir)
   every = max(args.base_steps // 6, 1)
   base = {**config.base.to_dict(), "train.keep_checkpoints": 8, "train.checkpoint_every": every}
@@ -309,6 +310,8 @@ def main(argv=None) -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--base-steps", type=int, default=8000, help="shapes: base stage steps")
   parser.add_argument("--sr-steps", type=int, default=1500, help="shapes: SR stage steps")
+  parser.add_argument("--num-train", type=int, default=4000,
+                      help="shapes: training scenes (default: the demo's 4000)")
   parser.add_argument("--steps", type=int, default=6000, help="fashion/emoji: stage steps")
   parser.add_argument("--batch-size", type=int, default=16, help="fashion: batch size")
   parser.add_argument("--num", type=int, default=None,
