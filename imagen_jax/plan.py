@@ -303,12 +303,18 @@ def figures_line(fig: CompiledFigures, hbm_bytes: float, label: str = "") -> str
           f"({'fits' if fig.peak <= hbm_bytes else 'DOES NOT FIT'})")
 
 
+def slice_line(name: str, plan: Any) -> str:
+  """The first line of every plan report: what was planned, on which slice and mesh (`plan` has
+  topology, num_devices, device_kind, hbm_bytes and mesh, as `Plan` and the IF/T5 plans do)."""
+  mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
+  return (f"{name} on {plan.topology} ({plan.num_devices} × {plan.device_kind}, "
+          f"HBM {_gib(plan.hbm_bytes)} GiB/device), mesh {mesh}")
+
+
 def format_plan(plan: Plan) -> str:
   """A human-readable report: per-device memory (GiB), FLOPs, fit."""
-  mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
   sb = plan.state_bytes
-  lines = [f"{plan.stage} on {plan.topology} ({plan.num_devices} × {plan.device_kind}, "
-           f"HBM {_gib(plan.hbm_bytes)} GiB/device), mesh {mesh}",
+  lines = [slice_line(plan.stage, plan),
            f"  {plan.num_params / 1e6:.1f}M parameters; global batch {plan.batch_size} "
            f"({plan.batch_size // (plan.mesh['data'] * plan.mesh['fsdp'])} per data replica)",
            "  per device, GiB (from the shardings):",

@@ -163,10 +163,8 @@ def plan_if_sampling(unet_config: str | os.PathLike[str] | Mapping[str, Any], to
 def format_if_plan(plan: IFSamplingPlan) -> str:
   """A human-readable report: per-device memory (GiB), FLOPs, fit."""
   gib = planner._gib
-  mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
   fig = plan.forward
-  lines = [f"{plan.name} on {plan.topology} ({plan.num_devices} × {plan.device_kind}, HBM "
-           f"{gib(plan.hbm_bytes)} GiB/device), mesh {mesh}",
+  lines = [planner.slice_line(plan.name, plan),
            f"  {plan.num_params / 1e6:.1f}M parameters in {plan.dtype}; one guided forward of "
            f"{plan.batch} prompts ({2 * plan.batch} rows) at {plan.resolution}² px",
            f"  per device, GiB (from the shardings): params {gib(plan.param_bytes)}  inputs "

@@ -130,10 +130,8 @@ def plan_encode(size: str, topology: str, *, mesh: str = "data=-1", batch: int =
 
 def format_encode_plan(plan: EncodePlan) -> str:
   gib = planner._gib
-  mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
   fig = plan.forward
-  lines = [f"T5-{plan.size} encoder on {plan.topology} ({plan.num_devices} × {plan.device_kind}, "
-           f"HBM {gib(plan.hbm_bytes)} GiB/device), mesh {mesh}",
+  lines = [planner.slice_line(f"T5-{plan.size} encoder", plan),
            f"  {plan.num_params / 1e9:.2f}B parameters in {plan.dtype}; {plan.batch} captions of "
            f"{plan.max_length} tokens per call; params per device {gib(plan.param_bytes)} GiB"]
   lines.append(planner.figures_line(fig, plan.hbm_bytes))
