@@ -32,7 +32,8 @@ def stage_config(*, stage: str, resolution: int, lowres_resolution: int = 0, cro
       width=128, channel_mults=(1, 2, 3, 4), num_res_blocks=(3, 3, 3, 3),
       self_attention=(False, True, True, True), cross_attention=(False, True, True, True),
       efficient=False, attention_style="transformer", attention_per_block=True, head_dim=64,
-      ff_mult=2, text_dim=text_dim, cond_dim=512, text_positions=False, text_layers=0, emb_dim=0,
+      ff_mult=2, text_dim=text_dim, cond_dim=512, text_positions=False, text_layers=0,
+      image_positions=False, emb_dim=0,
       lowres_cond=lowres_resolution > 0, lowres_residual=False, out_channels=3, dropout=0.0,
       norm_groups=32,
       attention_impl="reference", dtype="float32", param_dtype="float32", remat=False))

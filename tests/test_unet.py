@@ -163,6 +163,33 @@ def test_text_positions_make_word_order_visible(base_tiny):
     np.testing.assert_allclose(out[1], ref[1], atol=1e-5)
 
 
+def test_image_positions_tell_attention_where_a_pixel_is():
+  """Attention is a set operation over pixels: a cross-attention block maps a feature map with
+  the same vector at every pixel to one with the same vector at every pixel, so it cannot put
+  "the first object" on the left. With `image_positions` (its projection non-zero, as after
+  training) the output depends on the place, left and right differently."""
+  from imagen_jax.models.layers import AttentionBlock, grid_position_features
+
+  feats = np.asarray(grid_position_features(8, 8))
+  assert feats.shape == (64, 16)
+  assert np.allclose(feats.reshape(8, 8, 16)[:, :, :8], feats.reshape(8, 8, 16)[:, :1, :8])  # y
+  x = jnp.broadcast_to(jax.random.normal(KEY, (1, 1, 1, 32)), (2, 8, 8, 32))
+  text = jax.random.normal(jax.random.key(1), (2, 5, 32))
+  mask = jnp.ones((2, 5), bool)
+  for positions in (False, True):
+    block = AttentionBlock(self_attention=False, cross_attention=True, head_dim=16, ff_mult=0,
+                           groups=8, image_positions=positions)
+    shapes = nn.unbox(jax.eval_shape(lambda: block.init(KEY, x, text, mask)))
+    params = fan_in_noise(shapes["params"], jax.random.key(2))
+    out = np.asarray(block.apply({"params": params}, x, text, mask))
+    spread = np.abs(out - out[:, :1, :1]).max()
+    if positions:
+      assert spread > 1e-2
+      assert np.abs(out[:, :, :4] - out[:, :, 4:][:, :, ::-1]).max() > 1e-2  # not mirrored
+    else:
+      assert spread < 1e-5
+
+
 def test_text_layers_mix_context_into_each_token():
   """`text_layers`: a real token's context vector depends on the other real tokens of its
   caption (without the layers it depends on its own embedding alone), never on padded tokens

@@ -35,6 +35,24 @@ def sinusoidal_embedding(x: Array, dim: int, max_period: float = 10_000.0) -> Ar
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def grid_position_features(height: int, width: int, dim: int = 16) -> Array:
+  """Fixed 2D sinusoidal features of each pixel's centre, in fractions of the image side (so a
+  place has the same features at every resolution): (height · width, dim), row-major; dim / 4
+  frequencies per axis (π, 2π, 4π, …: the first is monotonic across the side), sin and cos."""
+  if dim % 4:
+    raise ValueError(f"grid position features need a multiple of 4 dimensions, not {dim}")
+  freqs = math.pi * 2.0 ** jnp.arange(dim // 4, dtype=jnp.float32)
+
+  def axis(n):
+    args = ((jnp.arange(n, dtype=jnp.float32) + 0.5) / n)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+  fy, fx = axis(height), axis(width)
+  grid = jnp.concatenate([jnp.broadcast_to(fy[:, None], (height, width, fy.shape[-1])),
+                          jnp.broadcast_to(fx[None, :], (height, width, fx.shape[-1]))], -1)
+  return grid.reshape(height * width, dim)
+
+
 CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
 
 
@@ -217,7 +235,10 @@ class AttentionBlock(nn.Module):
   * 'joint' (GLIDE/ADM style): one attention whose keys/values are the image tokens and the text
     tokens together (requires self-attention), then the optional feed-forward.
 
-  Text is (B, L, Ct) with mask (B, L).
+  Text is (B, L, Ct) with mask (B, L). With `image_positions` a learnt projection of each pixel's
+  fixed position features (`grid_position_features`; zero at init) is added to the feature map
+  before the attention, so queries and keys know where they are: without it attention is a set
+  operation over the pixels and only zero padding tells a convolution where it is.
   """
 
   self_attention: bool = True
@@ -227,6 +248,7 @@ class AttentionBlock(nn.Module):
   ff_mult: int = 2
   impl: AttentionImpl = "reference"
   groups: int = 32  # GroupNorm groups (gcd with the channel count)
+  image_positions: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -237,6 +259,10 @@ class AttentionBlock(nn.Module):
     mha = dict(head_dim=self.head_dim, impl=self.impl, **kw)
     if self.cross_attention and text is None:
       raise ValueError("this block cross-attends to text, but no text embeddings were given")
+    if self.image_positions:
+      where = dense(c, (None, "embed"), name="position_proj", zero_init=True, **kw)(
+          grid_position_features(hgt, wid).astype(self.dtype))
+      x = x + where.reshape(1, hgt, wid, c).astype(x.dtype)
     tokens = x.reshape(b, hgt * wid, c)
     if self.style == "joint":
       if not self.self_attention:

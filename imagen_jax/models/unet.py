@@ -68,6 +68,7 @@ class UNetConfig:
   cond_dim: int = 512  # width the text is projected to for cross-attention and pooling
   text_positions: bool = False  # add sinusoidal token-position features to the projected text
   text_layers: int = 0  # trainable transformer layers over the projected text (0: the paper's)
+  image_positions: bool = False  # attention blocks see where each pixel is (AttentionBlock)
   emb_dim: int = 0  # noise-level embedding width; 0 = 4 × width
   lowres_cond: bool = False  # super-resolution stage
   lowres_residual: bool = False  # SR: the output is added to the upsampled low-res input
@@ -228,7 +229,7 @@ class UNet(nn.Module):
                         cross_attention=cfg.cross_attention[level], style=cfg.attention_style,
                         head_dim=cfg.head_dim,
                         ff_mult=cfg.ff_mult, impl=cfg.attention_impl, groups=cfg.norm_groups,
-                        name=name, **kw)
+                        image_positions=cfg.image_positions, name=name, **kw)
 
     def res(features: int, name: str):
       return res_block(features, dropout=cfg.dropout, groups=cfg.norm_groups, name=name, **kw)
