@@ -18,6 +18,8 @@ posterior variance of the target: that is what the Monte-Carlo loss checks below
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -395,3 +397,30 @@ def test_noise_aug_rejects_out_of_range(level):
     NoiseAugmentation().fixed(low_res_image(), level, jax.random.key(0))
   with pytest.raises(ValueError, match="max_level"):
     NoiseAugmentation(max_level=level)
+
+
+def test_high_noise_band_takes_its_share_of_the_batch():
+  """`high_noise_fraction` f: round(f·B) times of each batch lie in [high_noise_from, 1), the
+  rest are the plain draw unchanged (so f = 0 is the old sampler, bit for bit)."""
+  key = jax.random.key(3)
+  plain = np.asarray(sample_times(key, 64, "uniform"))
+  mixed = np.asarray(sample_times(key, 64, "uniform", 0.25, 0.85))
+  assert mixed[:16].min() >= 0.85 and mixed[:16].max() < 1.0
+  np.testing.assert_array_equal(mixed[16:], plain[16:])
+  np.testing.assert_array_equal(np.asarray(sample_times(key, 64, "uniform", 0.0)), plain)
+  assert (plain < 0.85).mean() > 0.7  # the band is not where uniform draws mostly land
+  with pytest.raises(ValueError, match="high_noise_fraction"):
+    LossConfig(high_noise_fraction=1.5)
+
+
+def test_high_noise_weight_floors_min_snr_below_snr_one():
+  """`high_noise_weight` w: where λ < 0 the weight is max(Min-SNR's, w); at λ ≥ 0 it is
+  Min-SNR's own (for v: min(SNR, γ)/(SNR + 1), ≈ SNR at high noise)."""
+  lam = jnp.array([-6.0, -2.0, -0.1, 0.0, 1.0, 4.0])
+  plain = LossConfig(prediction="v", weighting="min_snr", min_snr_gamma=GAMMA)
+  floored = dataclasses.replace(plain, high_noise_weight=0.3)
+  w0, w1 = np.asarray(loss_weight(plain, lam)), np.asarray(loss_weight(floored, lam))
+  snr = np.exp(np.asarray(lam, np.float64))
+  np.testing.assert_allclose(w0, np.minimum(snr, GAMMA) / (snr + 1), rtol=1e-5)
+  np.testing.assert_allclose(w1[:3], np.maximum(w0[:3], 0.3), rtol=1e-6)
+  np.testing.assert_array_equal(w1[3:], w0[3:])

@@ -93,6 +93,11 @@ class LossConfig:
   min_snr_gamma: float = 5.0
   norm: Literal["l2", "l1"] = "l2"
   time_sampling: Literal["uniform", "stratified"] = "uniform"
+  # The layout band: a share of the examples drawn at t ~ U[high_noise_from, 1), and a floor
+  # on the weight of every example noisier than SNR 1 (λ < 0), where Min-SNR weights ≈ SNR.
+  high_noise_fraction: float = 0.0
+  high_noise_from: float = 0.85
+  high_noise_weight: float = 0.0
 
   def __post_init__(self):
     _check_prediction(self.prediction)
@@ -103,6 +108,9 @@ class LossConfig:
     if self.time_sampling not in ("uniform", "stratified"):
       raise ValueError(f"unknown time sampling {self.time_sampling!r}; choose 'uniform' or "
                        "'stratified'")
+    if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_from < 1.0:
+      raise ValueError(f"high_noise_fraction ({self.high_noise_fraction}) must be in [0, 1] and "
+                       f"high_noise_from ({self.high_noise_from}) in [0, 1)")
     if self.min_snr_gamma <= 0:
       raise ValueError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
 
@@ -110,6 +118,13 @@ class LossConfig:
 def loss_weight(config: LossConfig, logsnr: Array) -> Array:
   """Per-example weight (batch,) applied to the per-example loss."""
   logsnr = jnp.asarray(logsnr, jnp.float32)
+  weight = _snr_weight(config, logsnr)
+  if config.high_noise_weight:
+    weight = jnp.where(logsnr < 0, jnp.maximum(weight, config.high_noise_weight), weight)
+  return weight
+
+
+def _snr_weight(config: LossConfig, logsnr: Array) -> Array:
   if config.weighting == "none":
     return jnp.ones_like(logsnr)
   # min(SNR, γ)/SNR etc., written in log space so that λ = ±20 neither overflows nor underflows.
@@ -130,11 +145,19 @@ def regression_loss(output: Array, target: Array, logsnr: Array, config: LossCon
   return per_example * loss_weight(config, logsnr)
 
 
-def sample_times(key: Array, batch: int, method: str = "uniform") -> Array:
-  """t ∈ [0, 1) per example; 'stratified' is VDM's low-discrepancy sampler (one stratum each)."""
+def sample_times(key: Array, batch: int, method: str = "uniform", high_noise_fraction: float = 0.0,
+                 high_noise_from: float = 0.85) -> Array:
+  """t ∈ [0, 1) per example; 'stratified' is VDM's low-discrepancy sampler (one stratum each).
+  With `high_noise_fraction` > 0 that share of the batch (rounded) is drawn from
+  [high_noise_from, 1) instead."""
   u = jax.random.uniform(key, (batch,))
   if method == "stratified":
-    return jnp.mod(u[0] + jnp.arange(batch) / batch, 1.0)
+    u = jnp.mod(u[0] + jnp.arange(batch) / batch, 1.0)
+  n = round(high_noise_fraction * batch)
+  if n:
+    band = high_noise_from + (1.0 - high_noise_from) * jax.random.uniform(
+        jax.random.fold_in(key, 1), (n,))
+    u = u.at[:n].set(band)
   return u
 
 
@@ -145,7 +168,8 @@ def diffusion_loss(denoise_fn: DenoiseFn, params: Any, x0: Array, cond: Any, key
   The aux dict holds 'logsnr' (batch,) so callers can log the loss by noise level.
   """
   t_key, n_key = jax.random.split(key)
-  t = sample_times(t_key, x0.shape[0], config.time_sampling)
+  t = sample_times(t_key, x0.shape[0], config.time_sampling, config.high_noise_fraction,
+                   config.high_noise_from)
   logsnr = schedule.logsnr(t)
   noise = jax.random.normal(n_key, x0.shape, x0.dtype)
   x_t = diffuse(x0, noise, logsnr)

@@ -82,7 +82,10 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                      f"{d.prediction!r})")
   return StepConfig(model=UNetConfig.from_dict(config.model.to_dict()), schedule=schedule,
                     loss=LossConfig(prediction=d.prediction, weighting=d.loss_weighting,
-                                    min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm),
+                                    min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm,
+                                    high_noise_fraction=d.get("high_noise_fraction", 0.0),
+                                    high_noise_from=d.get("high_noise_from", 0.85),
+                                    high_noise_weight=d.get("high_noise_weight", 0.0)),
                     p_uncond=d.p_uncond, ema_decay=config.train.ema_decay,
                     ema_warmup=config.train.get("ema_warmup", True),
                     noise_augmentation=aug)
