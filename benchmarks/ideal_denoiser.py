@@ -170,18 +170,24 @@ def cosine_alpha_sigma(t: float) -> tuple[float, float]:
 NAMES = ("caption", "objects", "bag", "attributes")
 
 
+SIZE_PAIRS = ("both small", "one small, one large", "both large")
+
+
 def run(num_scenes: int, resolution: int, times, noise_draws: int, seed: int
-        ) -> dict[str, dict[float, np.ndarray]]:
-  """Per reader and t, the x̂₀ MSE of every (scene, noise draw), paired across readers."""
+        ) -> tuple[dict[str, dict[float, np.ndarray]], np.ndarray]:
+  """Per reader and t, the x̂₀ MSE of every (scene, noise draw), paired across readers; and per
+  (scene, noise draw) its number of large objects (an index into SIZE_PAIRS)."""
   rng = np.random.default_rng(seed)
   ideal = IdealDenoiser(resolution)
   errors = {n: {t: [] for t in times} for n in NAMES}
+  large = []
   done = 0
   while done < num_scenes:
     scene = ss.sample_scene(rng, p_two=1.0)
     if scene.objects[0].color == scene.objects[1].color:
       continue
     done += 1
+    large += [sum(o.size == ss.SIZE_NAMES.index("large") for o in scene.objects)] * noise_draws
     x0 = ss.render(scene, resolution).reshape(-1, 3).astype(np.float64) / 127.5 - 1.0
     options = readers(scene)
     for t in times:
@@ -191,7 +197,8 @@ def run(num_scenes: int, resolution: int, times, noise_draws: int, seed: int
         for n in NAMES:
           mean = ideal.posterior_mean(x_t, alpha, sigma, options[n])
           errors[n][t].append(float(((mean - x0)**2).mean()))
-  return {n: {t: np.asarray(v) for t, v in per_t.items()} for n, per_t in errors.items()}
+  return ({n: {t: np.asarray(v) for t, v in per_t.items()} for n, per_t in errors.items()},
+          np.asarray(large))
 
 
 def mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
                       default=[0.8, 0.85, 0.9, 0.95])
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  result = run(args.scenes, args.resolution, args.times, args.noise_draws, args.seed)
+  result, large = run(args.scenes, args.resolution, args.times, args.noise_draws, args.seed)
   times = args.times
   print(f"ideal x̂₀ MSE ×1000 ({args.scenes} two-colour scenes × {args.noise_draws} noise draws, "
         f"centres on a {GRID}² lattice, {args.resolution} px, cosine schedule)\n")
@@ -224,6 +231,16 @@ def main(argv=None) -> None:
       diff, se = mean_se(1000 * (result[hi][t] - result[lo][t]))
       cells.append(f"{diff:+.2f} ± {se:.2f}")
     print(f"| {label} | " + " | ".join(cells) + " |")
+  print("\nthe relation's direction (objects − caption) by the scene's object sizes:\n")
+  print("| objects | scenes | " + " | ".join(f"t={t:g}" for t in times) + " |")
+  print("|---|---:|" + "---:|" * len(times))
+  for k, name in enumerate(SIZE_PAIRS):
+    pick = large == k
+    if not pick.any():
+      continue
+    cells = [("{:+.2f} ± {:.2f}".format(*mean_se(
+        1000 * (result["objects"][t][pick] - result["caption"][t][pick])))) for t in times]
+    print(f"| {name} | {pick.sum() // args.noise_draws} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
