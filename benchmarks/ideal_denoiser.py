@@ -102,11 +102,6 @@ class IdealDenoiser:
                                      ).astype(np.float64)
     return self._valid[key]
 
-  def count(self, spec_a, spec_b, relation) -> float:
-    key = ("count", spec_a[2], spec_b[2], relation)
-    if key not in self._valid:
-      self._valid[key] = float(self.valid(spec_a, spec_b, relation).sum(dtype=np.float64))
-    return self._valid[key]
 
   def caption_posterior(self, x_t: np.ndarray, alpha: float, sigma: float, specs, relation
                         ) -> tuple[float, np.ndarray]:
@@ -128,7 +123,7 @@ class IdealDenoiser:
     if not z > 0:
       raise FloatingPointError(f"no allowed layout has a representable likelihood at α = {alpha}"
                                " (too little noise for this estimate: use t ≥ 0.7)")
-    log_evidence = np.log(z) + m1 + m2 - np.log(self.count(specs[0], specs[1], relation))
+    log_evidence = np.log(z) + m1 + m2 - np.log(valid.sum())
     mean = np.broadcast_to(self.background, x_t.shape).copy()
     for (lay, d), marginal in zip(objects, (w1 * to1 / z, w2 * to2 / z)):
       mean += (marginal @ lay.masks)[:, None] * d[None]

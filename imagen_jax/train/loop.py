@@ -72,6 +72,10 @@ def optimizer_config(train: ml_collections.ConfigDict) -> OptimizerConfig:
                          grad_clip=train.grad_clip, weight_decay=train.weight_decay)
 
 
+# LossConfig fields a stage config may lack (written before they existed): LossConfig's defaults
+_HIGH_NOISE = ("high_noise_fraction", "high_noise_from", "high_noise_weight")
+
+
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   d = config.diffusion
   schedule = stage_schedule(d)
@@ -83,9 +87,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   return StepConfig(model=UNetConfig.from_dict(config.model.to_dict()), schedule=schedule,
                     loss=LossConfig(prediction=d.prediction, weighting=d.loss_weighting,
                                     min_snr_gamma=d.min_snr_gamma, norm=d.loss_norm,
-                                    high_noise_fraction=d.get("high_noise_fraction", 0.0),
-                                    high_noise_from=d.get("high_noise_from", 0.85),
-                                    high_noise_weight=d.get("high_noise_weight", 0.0)),
+                                    **{k: d[k] for k in _HIGH_NOISE if k in d}),
                     p_uncond=d.p_uncond, ema_decay=config.train.ema_decay,
                     ema_warmup=config.train.get("ema_warmup", True),
                     noise_augmentation=aug)
