@@ -24,6 +24,12 @@ def get_config(arg=None):
   config.data.num_train = 4000
   config.data.num_test = 200
   config.data.seed = 0
+  # What the scenes may hold (research variants; the demo uses every shape and size, and 60% of
+  # its scenes have two objects), e.g. `--demo data.p_two=1 --demo "data.shapes=('square',)"`
+  # for scenes that differ only in colours and the relation (benchmarks/RESULTS.md, issue 17).
+  config.data.p_two = 0.6
+  config.data.shapes = ("circle", "square", "triangle", "diamond")
+  config.data.sizes = ("small", "large")
 
   # Overrides of configs/base64.py:tiny and configs/sr256.py:tiny (any of their fields), chosen
   # by the measured ablations in benchmarks/RESULTS.md (issue 17; `python -m benchmarks.ablate`

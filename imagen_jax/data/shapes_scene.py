@@ -78,13 +78,32 @@ class Scene:
             "color": ids[1], "size": ids[2], "center": center, "box": box}
 
 
+def _pick(rng: np.random.Generator, allowed: tuple[int, ...] | None, n: int) -> int:
+  """An index in range(n), or one of `allowed` (the default draws exactly as before subsets)."""
+  if allowed is None:
+    return int(rng.integers(n))
+  return allowed[int(rng.integers(len(allowed)))]
+
+
 def _sample_object(rng: np.random.Generator, center: tuple[float, float] | None = None,
-                   size: int | None = None) -> SceneObject:
-  size = int(rng.integers(len(SIZES))) if size is None else size
+                   size: int | None = None, shapes: tuple[int, ...] | None = None,
+                   sizes: tuple[int, ...] | None = None) -> SceneObject:
+  size = _pick(rng, sizes, len(SIZES)) if size is None else size
   h = SIZES[SIZE_NAMES[size]] / 2
   if center is None:
     center = tuple(float(c) for c in rng.uniform(h, 1 - h, size=2))
-  return SceneObject(int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS))), size, center)
+  return SceneObject(_pick(rng, shapes, len(SHAPES)), int(rng.integers(len(COLORS))), size, center)
+
+
+def name_indices(names: tuple[str, ...] | list[str] | None, table: tuple[str, ...],
+                 what: str) -> tuple[int, ...] | None:
+  """Names from `table` as indices (None or every name: None, i.e. no restriction)."""
+  if names is None or tuple(names) == table:
+    return None
+  unknown = [n for n in names if n not in table]
+  if unknown or not names:
+    raise ValueError(f"{what} {list(names)!r}: choose one or more of {list(table)}")
+  return tuple(sorted({table.index(n) for n in names}))
 
 
 def _relation_holds(a: SceneObject, b: SceneObject, relation: int) -> bool:
@@ -93,13 +112,23 @@ def _relation_holds(a: SceneObject, b: SceneObject, relation: int) -> bool:
   return main > a.half_extent + b.half_extent + GAP and main > abs(other)
 
 
-def sample_scene(rng: np.random.Generator, p_two: float = 0.6) -> Scene:
-  """A random scene: one object, or (with probability p_two) two related objects."""
+def sample_scene(rng: np.random.Generator, p_two: float = 0.6,
+                 shapes: tuple[str, ...] | None = None,
+                 sizes: tuple[str, ...] | None = None) -> Scene:
+  """A random scene: one object, or (with probability p_two) two related objects.
+
+  `shapes` / `sizes` restrict the objects to those names (e.g. `shapes=("square",)`,
+  `sizes=("large",)` with `p_two=1`: scenes that differ only in colours and the relation's
+  direction); None (or every name) draws exactly the default scenes.
+  """
+  shape_ids = name_indices(shapes, SHAPES, "shapes")
+  size_ids = name_indices(sizes, SIZE_NAMES, "sizes")
+  kw = {"shapes": shape_ids, "sizes": size_ids}
   if rng.uniform() >= p_two:
-    return Scene((_sample_object(rng),))
+    return Scene((_sample_object(rng, **kw),))
   relation = int(rng.integers(len(RELATIONS)))
   while True:  # rejection sampling; accepts within a few tries for these sizes
-    a, b = _sample_object(rng), _sample_object(rng)
+    a, b = _sample_object(rng, **kw), _sample_object(rng, **kw)
     if _relation_holds(a, b, relation):
       return Scene((a, b), relation)
 

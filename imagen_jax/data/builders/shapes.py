@@ -29,15 +29,25 @@ class ShapesConfig(tfds.core.BuilderConfig):
   num_test: int = 1_000
   seed: int = 0
   p_two: float = 0.6  # probability of a two-object scene
+  shapes: tuple[str, ...] = shapes_scene.SHAPES  # the shapes objects are drawn from
+  sizes: tuple[str, ...] = shapes_scene.SIZE_NAMES  # the sizes objects are drawn from
 
   @classmethod
   def make(cls, resolution: int = 64, num_train: int = 10_000, num_test: int = 1_000,
-           seed: int = 0, p_two: float = 0.6) -> ShapesConfig:
+           seed: int = 0, p_two: float = 0.6, shapes=shapes_scene.SHAPES,
+           sizes=shapes_scene.SIZE_NAMES) -> ShapesConfig:
+    shapes, sizes = tuple(shapes), tuple(sizes)
     name = f"r{resolution}_n{num_train}_{num_test}_s{seed}"
     if p_two != 0.6:
       name += f"_p{p_two:g}"
+    for what, names, table in (("shapes", shapes, shapes_scene.SHAPES),
+                               ("sizes", sizes, shapes_scene.SIZE_NAMES)):
+      ids = shapes_scene.name_indices(names, table, what)  # checks the names
+      if ids is not None:
+        name += f"_{what}-" + "-".join(table[i] for i in ids)
     return cls(name=name, resolution=resolution, num_train=num_train, num_test=num_test,
-               seed=seed, p_two=p_two, description=f"{resolution}px scenes, seed {seed}")
+               seed=seed, p_two=p_two, shapes=shapes, sizes=sizes,
+               description=f"{resolution}px scenes, seed {seed}")
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -77,7 +87,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     for i in range(num):
       scene = shapes_scene.sample_scene(
-          shapes_scene.scene_rng(c.seed, common.SPLIT_CODES[split], i), c.p_two)
+          shapes_scene.scene_rng(c.seed, common.SPLIT_CODES[split], i), c.p_two,
+          shapes=c.shapes, sizes=c.sizes)
       example_id = f"shapes/{split}/{i:07d}"
       yield example_id, {"id": example_id, "caption": scene.caption(),
                          "image": shapes_scene.render(scene, c.resolution), **scene.features()}
