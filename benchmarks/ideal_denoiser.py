@@ -3,6 +3,7 @@ denoiser of the shapes scenes, computed, not trained.
 
     python -m benchmarks.ideal_denoiser                       # the table, ≈ 5 min
     python -m benchmarks.ideal_denoiser --scenes 64 --noise-draws 8 --times 0.85 0.9
+    python -m benchmarks.ideal_denoiser --shapes square --sizes large   # the two-squares toy
 
 A denoiser trained to convergence predicts E[x₀ | x_t, what it reads of the caption]. For
 two-object scenes whose objects differ in colour, this computes that posterior mean exactly, up
@@ -168,17 +169,18 @@ NAMES = ("caption", "objects", "bag", "attributes")
 SIZE_PAIRS = ("both small", "one small, one large", "both large")
 
 
-def run(num_scenes: int, resolution: int, times, noise_draws: int, seed: int
+def run(num_scenes: int, resolution: int, times, noise_draws: int, seed: int, **scenes
         ) -> tuple[dict[str, dict[float, np.ndarray]], np.ndarray]:
   """Per reader and t, the x̂₀ MSE of every (scene, noise draw), paired across readers; and per
-  (scene, noise draw) its number of large objects (an index into SIZE_PAIRS)."""
+  (scene, noise draw) its number of large objects (an index into SIZE_PAIRS). `scenes`: the
+  restrictions `shapes_scene.sample_scene` takes (`shapes`, `sizes`)."""
   rng = np.random.default_rng(seed)
   ideal = IdealDenoiser(resolution)
   errors = {n: {t: [] for t in times} for n in NAMES}
   large = []
   done = 0
   while done < num_scenes:
-    scene = ss.sample_scene(rng, p_two=1.0)
+    scene = ss.sample_scene(rng, p_two=1.0, **scenes)
     if scene.objects[0].color == scene.objects[1].color:
       continue
     done += 1
@@ -208,8 +210,13 @@ def main(argv=None) -> None:
   parser.add_argument("--times", type=float, nargs="+",
                       default=[0.8, 0.85, 0.9, 0.95])
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--shapes", nargs="+", choices=ss.SHAPES, default=None,
+                      help="draw the scenes' objects from these shapes only (a toy; default all)")
+  parser.add_argument("--sizes", nargs="+", choices=ss.SIZE_NAMES, default=None,
+                      help="… and from these sizes only")
   args = parser.parse_args(argv)
-  result, large = run(args.scenes, args.resolution, args.times, args.noise_draws, args.seed)
+  result, large = run(args.scenes, args.resolution, args.times, args.noise_draws, args.seed,
+                      shapes=args.shapes, sizes=args.sizes)
   times = args.times
   print(f"ideal x̂₀ MSE ×1000 ({args.scenes} two-colour scenes × {args.noise_draws} noise draws, "
         f"centres on a {GRID}² lattice, {args.resolution} px, cosine schedule)\n")

@@ -30,6 +30,7 @@ def get_config(arg=None):
   config.data.p_two = 0.6
   config.data.shapes = ("circle", "square", "triangle", "diamond")
   config.data.sizes = ("small", "large")
+  config.data.relations = ("to the left of", "to the right of", "above", "below")
 
   # Overrides of configs/base64.py:tiny and configs/sr256.py:tiny (any of their fields), chosen
   # by the measured ablations in benchmarks/RESULTS.md (issue 17; `python -m benchmarks.ablate`

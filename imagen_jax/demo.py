@@ -64,7 +64,8 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
   data = build_dataset("shapes", workdir / "data", resolution=config.data.resolution,
                        num_train=config.data.num_train, num_test=config.data.num_test,
                        seed=config.data.seed, p_two=config.data.p_two,
-                       shapes=tuple(config.data.shapes), sizes=tuple(config.data.sizes))
+                       shapes=tuple(config.data.shapes), sizes=tuple(config.data.sizes),
+                       relations=tuple(config.data.relations))
   print(f"{data.directory}: {data.splits}")
 
   _section("2/5 text: embedded tiny T5, caption cache")

@@ -100,7 +100,8 @@ def test_shapes_scene_is_resolution_independent():
 
 def test_shapes_scenes_restricted_to_some_shapes_and_sizes(tmp_path):
   rng = lambda i: shapes_scene.scene_rng(0, 0, i)
-  every = dict(shapes=shapes_scene.SHAPES, sizes=shapes_scene.SIZE_NAMES)
+  every = dict(shapes=shapes_scene.SHAPES, sizes=shapes_scene.SIZE_NAMES,
+               relations=shapes_scene.RELATIONS)
   default = [shapes_scene.sample_scene(rng(i)) for i in range(50)]
   assert [shapes_scene.sample_scene(rng(i), **every) for i in range(50)] == default
   assert {o.shape for s in default for o in s.objects} == {0, 1, 2, 3}
@@ -109,11 +110,14 @@ def test_shapes_scenes_restricted_to_some_shapes_and_sizes(tmp_path):
   assert all(len(s.objects) == 2 for s in toy)
   assert {(o.shape, o.size) for s in toy for o in s.objects} == {(1, 1)}
   assert len({s.relation for s in toy}) == 4 and len({s.caption() for s in toy}) > 20
+  one_way = [shapes_scene.sample_scene(rng(i), 1.0, relations=("above", "to the left of"))
+             for i in range(50)]
+  assert {s.relation for s in one_way} == {0, 2}
   with pytest.raises(ValueError, match=r"shapes \['hexagon'\]: choose one or more of"):
     shapes_scene.sample_scene(rng(0), shapes=("hexagon",))
   built = build_dataset("shapes", tmp_path, resolution=16, num_train=6, num_test=2, p_two=1.0,
-                        shapes=("circle", "diamond"))
-  assert built.directory.parent.name.endswith("_p1_shapes-circle-diamond")
+                        shapes=("circle", "diamond"), relations=("above",))
+  assert built.directory.parent.name.endswith("_p1_shapes-circle-diamond_relations-above")
   assert all(set(rec["shape"]) <= {0, 3} for rec in records(built.directory, "train"))
 
 

@@ -114,19 +114,21 @@ def _relation_holds(a: SceneObject, b: SceneObject, relation: int) -> bool:
 
 def sample_scene(rng: np.random.Generator, p_two: float = 0.6,
                  shapes: tuple[str, ...] | None = None,
-                 sizes: tuple[str, ...] | None = None) -> Scene:
+                 sizes: tuple[str, ...] | None = None,
+                 relations: tuple[str, ...] | None = None) -> Scene:
   """A random scene: one object, or (with probability p_two) two related objects.
 
-  `shapes` / `sizes` restrict the objects to those names (e.g. `shapes=("square",)`,
-  `sizes=("large",)` with `p_two=1`: scenes that differ only in colours and the relation's
-  direction); None (or every name) draws exactly the default scenes.
+  `shapes` / `sizes` / `relations` restrict the objects and relations to those names (e.g.
+  `shapes=("square",)`, `sizes=("large",)` with `p_two=1`: scenes that differ only in colours
+  and the relation); None (or every name) draws exactly the default scenes.
   """
   shape_ids = name_indices(shapes, SHAPES, "shapes")
   size_ids = name_indices(sizes, SIZE_NAMES, "sizes")
+  relation_ids = name_indices(relations, RELATIONS, "relations")
   kw = {"shapes": shape_ids, "sizes": size_ids}
   if rng.uniform() >= p_two:
     return Scene((_sample_object(rng, **kw),))
-  relation = int(rng.integers(len(RELATIONS)))
+  relation = _pick(rng, relation_ids, len(RELATIONS))
   while True:  # rejection sampling; accepts within a few tries for these sizes
     a, b = _sample_object(rng, **kw), _sample_object(rng, **kw)
     if _relation_holds(a, b, relation):

@@ -31,22 +31,24 @@ class ShapesConfig(tfds.core.BuilderConfig):
   p_two: float = 0.6  # probability of a two-object scene
   shapes: tuple[str, ...] = shapes_scene.SHAPES  # the shapes objects are drawn from
   sizes: tuple[str, ...] = shapes_scene.SIZE_NAMES  # the sizes objects are drawn from
+  relations: tuple[str, ...] = shapes_scene.RELATIONS  # the relations of two-object scenes
 
   @classmethod
   def make(cls, resolution: int = 64, num_train: int = 10_000, num_test: int = 1_000,
            seed: int = 0, p_two: float = 0.6, shapes=shapes_scene.SHAPES,
-           sizes=shapes_scene.SIZE_NAMES) -> ShapesConfig:
-    shapes, sizes = tuple(shapes), tuple(sizes)
+           sizes=shapes_scene.SIZE_NAMES, relations=shapes_scene.RELATIONS) -> ShapesConfig:
+    shapes, sizes, relations = tuple(shapes), tuple(sizes), tuple(relations)
     name = f"r{resolution}_n{num_train}_{num_test}_s{seed}"
     if p_two != 0.6:
       name += f"_p{p_two:g}"
     for what, names, table in (("shapes", shapes, shapes_scene.SHAPES),
-                               ("sizes", sizes, shapes_scene.SIZE_NAMES)):
+                               ("sizes", sizes, shapes_scene.SIZE_NAMES),
+                               ("relations", relations, shapes_scene.RELATIONS)):
       ids = shapes_scene.name_indices(names, table, what)  # checks the names
       if ids is not None:
-        name += f"_{what}-" + "-".join(table[i] for i in ids)
+        name += f"_{what}-" + "-".join(table[i].replace(" ", "") for i in ids)
     return cls(name=name, resolution=resolution, num_train=num_train, num_test=num_test,
-               seed=seed, p_two=p_two, shapes=shapes, sizes=sizes,
+               seed=seed, p_two=p_two, shapes=shapes, sizes=sizes, relations=relations,
                description=f"{resolution}px scenes, seed {seed}")
 
 
@@ -88,7 +90,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     for i in range(num):
       scene = shapes_scene.sample_scene(
           shapes_scene.scene_rng(c.seed, common.SPLIT_CODES[split], i), c.p_two,
-          shapes=c.shapes, sizes=c.sizes)
+          shapes=c.shapes, sizes=c.sizes, relations=c.relations)
       example_id = f"shapes/{split}/{i:07d}"
       yield example_id, {"id": example_id, "caption": scene.caption(),
                          "image": shapes_scene.render(scene, c.resolution), **scene.features()}
