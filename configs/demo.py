@@ -31,6 +31,7 @@ def get_config(arg=None):
   config.data.shapes = ("circle", "square", "triangle", "diamond")
   config.data.sizes = ("small", "large")
   config.data.relations = ("to the left of", "to the right of", "above", "below")
+  config.data.relation_weights = (1.0, 1.0, 1.0, 1.0)  # how often each is drawn
 
   # Overrides of configs/base64.py:tiny and configs/sr256.py:tiny (any of their fields), chosen
   # by the measured ablations in benchmarks/RESULTS.md (issue 17; `python -m benchmarks.ablate`

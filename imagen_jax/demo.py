@@ -65,7 +65,8 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
                        num_train=config.data.num_train, num_test=config.data.num_test,
                        seed=config.data.seed, p_two=config.data.p_two,
                        shapes=tuple(config.data.shapes), sizes=tuple(config.data.sizes),
-                       relations=tuple(config.data.relations))
+                       relations=tuple(config.data.relations),
+                       relation_weights=tuple(config.data.relation_weights))
   print(f"{data.directory}: {data.splits}")
 
   _section("2/5 text: embedded tiny T5, caption cache")

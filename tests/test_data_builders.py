@@ -113,6 +113,9 @@ def test_shapes_scenes_restricted_to_some_shapes_and_sizes(tmp_path):
   one_way = [shapes_scene.sample_scene(rng(i), 1.0, relations=("above", "to the left of"))
              for i in range(50)]
   assert {s.relation for s in one_way} == {0, 2}
+  skewed = [shapes_scene.sample_scene(rng(i), 1.0, relation_weights=(3, 1, 0, 0)).relation
+            for i in range(400)]
+  assert set(skewed) == {0, 1} and 0.65 < skewed.count(0) / 400 < 0.85  # 0.75 ± 0.022
   with pytest.raises(ValueError, match=r"shapes \['hexagon'\]: choose one or more of"):
     shapes_scene.sample_scene(rng(0), shapes=("hexagon",))
   built = build_dataset("shapes", tmp_path, resolution=16, num_train=6, num_test=2, p_two=1.0,

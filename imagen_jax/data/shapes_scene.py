@@ -115,12 +115,15 @@ def _relation_holds(a: SceneObject, b: SceneObject, relation: int) -> bool:
 def sample_scene(rng: np.random.Generator, p_two: float = 0.6,
                  shapes: tuple[str, ...] | None = None,
                  sizes: tuple[str, ...] | None = None,
-                 relations: tuple[str, ...] | None = None) -> Scene:
+                 relations: tuple[str, ...] | None = None,
+                 relation_weights: tuple[float, ...] | None = None) -> Scene:
   """A random scene: one object, or (with probability p_two) two related objects.
 
   `shapes` / `sizes` / `relations` restrict the objects and relations to those names (e.g.
   `shapes=("square",)`, `sizes=("large",)` with `p_two=1`: scenes that differ only in colours
   and the relation); None (or every name) draws exactly the default scenes.
+  `relation_weights` (one per name of RELATIONS, None: equal) skews how often each relation is
+  drawn, e.g. (3, 1, 3, 1): "to the left of" and "above" three times as often as their mirrors.
   """
   shape_ids = name_indices(shapes, SHAPES, "shapes")
   size_ids = name_indices(sizes, SIZE_NAMES, "sizes")
@@ -128,7 +131,16 @@ def sample_scene(rng: np.random.Generator, p_two: float = 0.6,
   kw = {"shapes": shape_ids, "sizes": size_ids}
   if rng.uniform() >= p_two:
     return Scene((_sample_object(rng, **kw),))
-  relation = _pick(rng, relation_ids, len(RELATIONS))
+  if relation_weights is None or len(set(relation_weights)) == 1:
+    relation = _pick(rng, relation_ids, len(RELATIONS))
+  else:
+    if len(relation_weights) != len(RELATIONS) or min(relation_weights) < 0:
+      raise ValueError(f"relation_weights {tuple(relation_weights)}: give {len(RELATIONS)} "
+                       f"weights >= 0, one for each of {list(RELATIONS)}")
+    w = np.asarray(relation_weights, np.float64)
+    if relation_ids is not None:
+      w[[i for i in range(len(RELATIONS)) if i not in relation_ids]] = 0
+    relation = int(rng.choice(len(RELATIONS), p=w / w.sum()))
   while True:  # rejection sampling; accepts within a few tries for these sizes
     a, b = _sample_object(rng, **kw), _sample_object(rng, **kw)
     if _relation_holds(a, b, relation):

@@ -32,12 +32,15 @@ class ShapesConfig(tfds.core.BuilderConfig):
   shapes: tuple[str, ...] = shapes_scene.SHAPES  # the shapes objects are drawn from
   sizes: tuple[str, ...] = shapes_scene.SIZE_NAMES  # the sizes objects are drawn from
   relations: tuple[str, ...] = shapes_scene.RELATIONS  # the relations of two-object scenes
+  relation_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # how often each relation is drawn
 
   @classmethod
   def make(cls, resolution: int = 64, num_train: int = 10_000, num_test: int = 1_000,
            seed: int = 0, p_two: float = 0.6, shapes=shapes_scene.SHAPES,
-           sizes=shapes_scene.SIZE_NAMES, relations=shapes_scene.RELATIONS) -> ShapesConfig:
+           sizes=shapes_scene.SIZE_NAMES, relations=shapes_scene.RELATIONS,
+           relation_weights=(1.0, 1.0, 1.0, 1.0)) -> ShapesConfig:
     shapes, sizes, relations = tuple(shapes), tuple(sizes), tuple(relations)
+    relation_weights = tuple(float(w) for w in relation_weights)
     name = f"r{resolution}_n{num_train}_{num_test}_s{seed}"
     if p_two != 0.6:
       name += f"_p{p_two:g}"
@@ -47,8 +50,11 @@ class ShapesConfig(tfds.core.BuilderConfig):
       ids = shapes_scene.name_indices(names, table, what)  # checks the names
       if ids is not None:
         name += f"_{what}-" + "-".join(table[i].replace(" ", "") for i in ids)
+    if len(set(relation_weights)) > 1:
+      name += "_rw" + "-".join(f"{w:g}" for w in relation_weights)
     return cls(name=name, resolution=resolution, num_train=num_train, num_test=num_test,
                seed=seed, p_two=p_two, shapes=shapes, sizes=sizes, relations=relations,
+               relation_weights=relation_weights,
                description=f"{resolution}px scenes, seed {seed}")
 
 
@@ -90,7 +96,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     for i in range(num):
       scene = shapes_scene.sample_scene(
           shapes_scene.scene_rng(c.seed, common.SPLIT_CODES[split], i), c.p_two,
-          shapes=c.shapes, sizes=c.sizes, relations=c.relations)
+          shapes=c.shapes, sizes=c.sizes, relations=c.relations,
+          relation_weights=c.relation_weights)
       example_id = f"shapes/{split}/{i:07d}"
       yield example_id, {"id": example_id, "caption": scene.caption(),
                          "image": shapes_scene.render(scene, c.resolution), **scene.features()}
