@@ -116,6 +116,11 @@ def test_shapes_scenes_restricted_to_some_shapes_and_sizes(tmp_path):
   skewed = [shapes_scene.sample_scene(rng(i), 1.0, relation_weights=(3, 1, 0, 0)).relation
             for i in range(400)]
   assert set(skewed) == {0, 1} and 0.65 < skewed.count(0) / 400 < 0.85  # 0.75 ± 0.022
+  for bad in ((1.0, 1.0), (1.0, -1.0, 1.0, 1.0)):
+    with pytest.raises(ValueError, match="give 4 weights >= 0"):
+      build_dataset("shapes", tmp_path, relation_weights=bad)
+  with pytest.raises(ValueError, match="every relation drawn has weight 0"):
+    shapes_scene.sample_scene(rng(0), relations=("above",), relation_weights=(1, 1, 0, 0))
   with pytest.raises(ValueError, match=r"shapes \['hexagon'\]: choose one or more of"):
     shapes_scene.sample_scene(rng(0), shapes=("hexagon",))
   built = build_dataset("shapes", tmp_path, resolution=16, num_train=6, num_test=2, p_two=1.0,

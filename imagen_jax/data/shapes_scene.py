@@ -106,6 +106,25 @@ def name_indices(names: tuple[str, ...] | list[str] | None, table: tuple[str, ..
   return tuple(sorted({table.index(n) for n in names}))
 
 
+def relation_probabilities(weights: tuple[float, ...] | None,
+                           allowed: tuple[int, ...] | None = None) -> np.ndarray | None:
+  """How often each of RELATIONS is drawn, from one weight per relation (None when they are
+  all equal: the default draw); relations not `allowed` get 0."""
+  if weights is None:
+    return None
+  w = np.asarray(weights, np.float64)
+  if w.shape != (len(RELATIONS),) or not np.all(w >= 0):
+    raise ValueError(f"relation_weights {tuple(weights)}: give {len(RELATIONS)} weights >= 0, "
+                     f"one for each of {list(RELATIONS)}")
+  if allowed is not None:
+    w[[i for i in range(len(RELATIONS)) if i not in allowed]] = 0
+  if not w.sum() > 0:
+    raise ValueError(f"relation_weights {tuple(weights)}: every relation drawn has weight 0")
+  if len(set(np.asarray(weights, np.float64))) == 1:
+    return None
+  return w / w.sum()
+
+
 def _relation_holds(a: SceneObject, b: SceneObject, relation: int) -> bool:
   dx, dy = b.center[0] - a.center[0], b.center[1] - a.center[1]
   main, other = {0: (dx, dy), 1: (-dx, dy), 2: (dy, dx), 3: (-dy, dx)}[relation]
@@ -128,19 +147,14 @@ def sample_scene(rng: np.random.Generator, p_two: float = 0.6,
   shape_ids = name_indices(shapes, SHAPES, "shapes")
   size_ids = name_indices(sizes, SIZE_NAMES, "sizes")
   relation_ids = name_indices(relations, RELATIONS, "relations")
+  weights = relation_probabilities(relation_weights, relation_ids)
   kw = {"shapes": shape_ids, "sizes": size_ids}
   if rng.uniform() >= p_two:
     return Scene((_sample_object(rng, **kw),))
-  if relation_weights is None or len(set(relation_weights)) == 1:
+  if weights is None:
     relation = _pick(rng, relation_ids, len(RELATIONS))
   else:
-    if len(relation_weights) != len(RELATIONS) or min(relation_weights) < 0:
-      raise ValueError(f"relation_weights {tuple(relation_weights)}: give {len(RELATIONS)} "
-                       f"weights >= 0, one for each of {list(RELATIONS)}")
-    w = np.asarray(relation_weights, np.float64)
-    if relation_ids is not None:
-      w[[i for i in range(len(RELATIONS)) if i not in relation_ids]] = 0
-    relation = int(rng.choice(len(RELATIONS), p=w / w.sum()))
+    relation = int(rng.choice(len(RELATIONS), p=weights))
   while True:  # rejection sampling; accepts within a few tries for these sizes
     a, b = _sample_object(rng, **kw), _sample_object(rng, **kw)
     if _relation_holds(a, b, relation):

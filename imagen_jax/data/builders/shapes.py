@@ -50,6 +50,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
       ids = shapes_scene.name_indices(names, table, what)  # checks the names
       if ids is not None:
         name += f"_{what}-" + "-".join(table[i].replace(" ", "") for i in ids)
+    shapes_scene.relation_probabilities(  # checks the weights
+        relation_weights, shapes_scene.name_indices(relations, shapes_scene.RELATIONS, "relations"))
     if len(set(relation_weights)) > 1:
       name += "_rw" + "-".join(f"{w:g}" for w in relation_weights)
     return cls(name=name, resolution=resolution, num_train=num_train, num_test=num_test,
