@@ -84,7 +84,7 @@ class IdealDenoiser:
   def __init__(self, resolution: int, grid: int = GRID):
     self.resolution, self.grid = resolution, grid
     self._layouts: dict[tuple[int, int], Layouts] = {}
-    self._valid: dict[tuple, np.ndarray] = {}
+    self._valid: dict[tuple, tuple[np.ndarray, float]] = {}
     self.background = _signed(ss.BACKGROUND)
 
   def layouts(self, shape: int, size: int) -> Layouts:
@@ -93,14 +93,14 @@ class IdealDenoiser:
       self._layouts[key] = Layouts(shape, size, self.resolution, self.grid)
     return self._layouts[key]
 
-  def valid(self, spec_a, spec_b, relation) -> np.ndarray:
-    """The allowed centre pairs (0/1, float64: the likelihoods span hundreds of e-folds): they
-    depend on the sizes, not the shapes."""
+  def valid(self, spec_a, spec_b, relation) -> tuple[np.ndarray, float]:
+    """The allowed centre pairs (0/1, float64: the likelihoods span hundreds of e-folds) and
+    their number: they depend on the sizes, not the shapes."""
     key = (spec_a[2], spec_b[2], relation)
     if key not in self._valid:
-      self._valid[key] = valid_pairs(self.layouts(spec_a[0], spec_a[2]),
-                                     self.layouts(spec_b[0], spec_b[2]), relation
-                                     ).astype(np.float64)
+      pairs = valid_pairs(self.layouts(spec_a[0], spec_a[2]),
+                          self.layouts(spec_b[0], spec_b[2]), relation).astype(np.float64)
+      self._valid[key] = (pairs, float(pairs.sum()))
     return self._valid[key]
 
 
@@ -116,7 +116,7 @@ class IdealDenoiser:
       logl = logl / (2 * sigma**2)
       logs.append(logl)
       objects.append((lay, d))
-    valid = self.valid(specs[0], specs[1], relation)
+    valid, num_valid = self.valid(specs[0], specs[1], relation)
     m1, m2 = logs[0].max(), logs[1].max()
     w1, w2 = np.exp(logs[0] - m1), np.exp(logs[1] - m2)
     to1, to2 = valid @ w2, valid.T @ w1  # Σ over the partner's allowed centres
@@ -124,7 +124,7 @@ class IdealDenoiser:
     if not z > 0:
       raise FloatingPointError(f"no allowed layout has a representable likelihood at α = {alpha}"
                                " (too little noise for this estimate: use t ≥ 0.7)")
-    log_evidence = np.log(z) + m1 + m2 - np.log(valid.sum())
+    log_evidence = np.log(z) + m1 + m2 - np.log(num_valid)
     mean = np.broadcast_to(self.background, x_t.shape).copy()
     for (lay, d), marginal in zip(objects, (w1 * to1 / z, w2 * to2 / z)):
       mean += (marginal @ lay.masks)[:, None] * d[None]

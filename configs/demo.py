@@ -11,6 +11,8 @@ stops at the configured step count).
 
 import ml_collections
 
+from imagen_jax.data import shapes_scene
+
 
 def get_config(arg=None):
   if arg not in (None, "", "quick"):
@@ -28,9 +30,9 @@ def get_config(arg=None):
   # its scenes have two objects), e.g. `--demo data.p_two=1 --demo "data.shapes=('square',)"`
   # for scenes that differ only in colours and the relation (benchmarks/RESULTS.md, issue 17).
   config.data.p_two = 0.6
-  config.data.shapes = ("circle", "square", "triangle", "diamond")
-  config.data.sizes = ("small", "large")
-  config.data.relations = ("to the left of", "to the right of", "above", "below")
+  config.data.shapes = shapes_scene.SHAPES
+  config.data.sizes = shapes_scene.SIZE_NAMES
+  config.data.relations = shapes_scene.RELATIONS
   config.data.relation_weights = (1.0, 1.0, 1.0, 1.0)  # how often each is drawn
 
   # Overrides of configs/base64.py:tiny and configs/sr256.py:tiny (any of their fields), chosen

@@ -104,6 +104,8 @@ def test_shapes_scenes_restricted_to_some_shapes_and_sizes(tmp_path):
                relations=shapes_scene.RELATIONS)
   default = [shapes_scene.sample_scene(rng(i)) for i in range(50)]
   assert [shapes_scene.sample_scene(rng(i), **every) for i in range(50)] == default
+  reordered = {k: tuple(reversed(v)) for k, v in every.items()}  # every name, any order
+  assert [shapes_scene.sample_scene(rng(i), **reordered) for i in range(50)] == default
   assert {o.shape for s in default for o in s.objects} == {0, 1, 2, 3}
   toy = [shapes_scene.sample_scene(rng(i), 1.0, shapes=("square",), sizes=("large",))
          for i in range(50)]

@@ -97,8 +97,9 @@ def _sample_object(rng: np.random.Generator, center: tuple[float, float] | None 
 
 def name_indices(names: tuple[str, ...] | list[str] | None, table: tuple[str, ...],
                  what: str) -> tuple[int, ...] | None:
-  """Names from `table` as indices (None or every name: None, i.e. no restriction)."""
-  if names is None or tuple(names) == table:
+  """Names from `table` as indices (None or every name, in any order: None, i.e. no
+  restriction — the default draw)."""
+  if names is None or set(names) == set(table):
     return None
   unknown = [n for n in names if n not in table]
   if unknown or not names:

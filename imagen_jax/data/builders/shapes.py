@@ -44,15 +44,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
     name = f"r{resolution}_n{num_train}_{num_test}_s{seed}"
     if p_two != 0.6:
       name += f"_p{p_two:g}"
+    allowed = {}
     for what, names, table in (("shapes", shapes, shapes_scene.SHAPES),
                                ("sizes", sizes, shapes_scene.SIZE_NAMES),
                                ("relations", relations, shapes_scene.RELATIONS)):
-      ids = shapes_scene.name_indices(names, table, what)  # checks the names
+      allowed[what] = ids = shapes_scene.name_indices(names, table, what)  # checks the names
       if ids is not None:
         name += f"_{what}-" + "-".join(table[i].replace(" ", "") for i in ids)
-    shapes_scene.relation_probabilities(  # checks the weights
-        relation_weights, shapes_scene.name_indices(relations, shapes_scene.RELATIONS, "relations"))
-    if len(set(relation_weights)) > 1:
+    if shapes_scene.relation_probabilities(relation_weights, allowed["relations"]) is not None:
       name += "_rw" + "-".join(f"{w:g}" for w in relation_weights)
     return cls(name=name, resolution=resolution, num_train=num_train, num_test=num_test,
                seed=seed, p_two=p_two, shapes=shapes, sizes=sizes, relations=relations,
