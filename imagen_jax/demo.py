@@ -69,20 +69,32 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
                        relation_weights=tuple(config.data.relation_weights))
   print(f"{data.directory}: {data.splits}")
 
-  _section("2/5 text: embedded tiny T5, caption cache")
-  encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress)
+  pretrain = None
+  if config.text_pretrain.steps:
+    from imagen_jax.text.pretrain import shapes_reading_task
+
+    d = config.data
+    task = shapes_reading_task(d.p_two, tuple(d.shapes), tuple(d.sizes), tuple(d.relations),
+                               tuple(d.relation_weights))
+    pretrain = (task, {**config.text_pretrain.to_dict(), "max_length": config.text_max_length})
+  _section("2/5 text: embedded tiny T5" + (", pretrained on the captions' language" if pretrain
+                                           else "") + ", caption cache")
+  encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress,
+                 pretrain=pretrain)
   return data
 
 
-def encode_dataset(dataset_dir: Path, workdir: Path, max_length: int, progress: bool = True) -> None:
+def encode_dataset(dataset_dir: Path, workdir: Path, max_length: int, progress: bool = True,
+                   pretrain=None) -> None:
   """The train and test captions of a prepared dataset into `workdir`'s caption cache, with the
-  embedded tiny T5 (built in `workdir/text` from the train captions on first use)."""
+  embedded tiny T5 (built in `workdir/text` from the train captions on first use; `pretrain`:
+  see `imagen_jax.text.default.build_default_t5`)."""
   from imagen_jax.text.encode import run_encode
 
   text = load_config(str(CONFIGS_DIR / "text.py"))
   apply_overrides(text, [f"data.captions=tfds:{dataset_dir}", "data.splits=train,test",
                          f"text.max_length={max_length}"])
-  run_encode(text, workdir, progress=progress)
+  run_encode(text, workdir, progress=progress, pretrain=pretrain)
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:

@@ -28,6 +28,11 @@ RELATIONS = ("to the left of", "to the right of", "above", "below")
 BACKGROUND = (255, 255, 255)
 GAP = 0.05  # the minimal free space between two objects along the relation's axis
 MAX_OBJECTS = 2
+# What a caption says, in a canonical order (Scene.reading): the relation's axis (none,
+# horizontal, vertical), then colour, shape and size of the left/top object, then of the other
+# (ids + 1; 0: no object). Classes per slot:
+READING_CLASSES = (3, len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1,
+                   len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,17 @@ class Scene:
     if len(self.objects) == 1:
       return self.objects[0].phrase()
     return f"{self.objects[0].phrase()} {RELATIONS[self.relation]} {self.objects[1].phrase()}"
+
+  def reading(self) -> list[int]:
+    """The caption's content in a canonical order (READING_CLASSES): the same for "A to the
+    left of B" and "B to the right of A"."""
+    def ids(obj: SceneObject | None) -> list[int]:
+      return [0, 0, 0] if obj is None else [obj.color + 1, obj.shape + 1, obj.size + 1]
+    if len(self.objects) == 1:
+      return [0] + ids(self.objects[0]) + ids(None)
+    a, b = self.objects
+    first, second = (a, b) if self.relation in (0, 2) else (b, a)  # "left of" / "above": a first
+    return [1 + self.relation // 2] + ids(first) + ids(second)
 
   def features(self) -> dict[str, np.ndarray]:
     """Ground truth as fixed-shape arrays (padded to MAX_OBJECTS with -1 ids and zero boxes)."""

@@ -10,11 +10,13 @@ needs a real T5 — e.g. google/t5-v1_1-xxl, downloaded by you — named by `con
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +39,19 @@ def is_built(directory: str | os.PathLike) -> bool:
 
 
 def build_default_t5(directory: str | os.PathLike, captions: Iterable[str], *, seed: int = 0,
-                     vocab_size: int = 512, **t5_overrides) -> Path:
+                     vocab_size: int = 512, pretrain: tuple[Any, dict[str, Any]] | None = None,
+                     **t5_overrides) -> Path:
   """Write the tiny T5 + tokenizer to `directory` (atomically); reuse it if already there.
 
-  Deterministic: the same captions and seed give byte-identical files.
+  `pretrain` = (a `pretrain.ReadingTask`, `pretrain.pretrain_t5` keyword settings): train the
+  random encoder on that reading task (text only) before it is moved into place; its record
+  (`pretraining.json`) is kept beside the weights, and a directory built otherwise is not reused
+  for it (a clear error instead). Deterministic: the same captions, seed and pretraining give the
+  same files.
   """
   directory = Path(directory)
   if is_built(directory):
+    _check_pretraining(directory, pretrain)
     return directory
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -58,6 +66,11 @@ def build_default_t5(directory: str | os.PathLike, captions: Iterable[str], *, s
     save_t5_encoder(out, config, params)
     for f in tok_dir.iterdir():
       shutil.move(str(f), out / f.name)
+    if pretrain is not None:
+      from imagen_jax.text.pretrain import pretrain_t5
+
+      task, settings = pretrain
+      pretrain_t5(out, task, **settings)
     if directory.exists():  # a partial directory from an older run: replace it
       shutil.rmtree(directory)
     os.replace(out, directory)
@@ -65,3 +78,22 @@ def build_default_t5(directory: str | os.PathLike, captions: Iterable[str], *, s
     shutil.rmtree(tmp, ignore_errors=True)
   return directory
 
+
+
+def _check_pretraining(directory: Path, pretrain: tuple[Any, dict[str, Any]] | None) -> None:
+  """A built directory serves a request only if it was pretrained as asked (or not at all)."""
+  from imagen_jax.text.pretrain import read_record
+
+  record = read_record(directory)
+  if pretrain is None and record is None:
+    return
+  if pretrain is not None and record is not None:
+    task, settings = pretrain
+    wanted = json.loads(json.dumps({**task.spec, **settings}))  # tuples read back as lists
+    if all(record.get(k) == v for k, v in wanted.items()):
+      return
+  had = f"pretrained ({record})" if record else "not pretrained"
+  wants = f"pretraining {pretrain[0].spec} with {pretrain[1]}" if pretrain else "no pretraining"
+  raise ValueError(f"the embedded T5 in {directory} was {had}, but this run asks for {wants}; "
+                   f"delete {directory} and the caption cache encoded with it (text_cache/) to "
+                   "rebuild both, or use a new workdir")

@@ -164,9 +164,16 @@ def _gather(values: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(values))
 
 
-def resolve_encoder_dir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-  """`config.text.encoder`, or the embedded tiny T5 (built in the workdir on first use)."""
+def resolve_encoder_dir(config: ml_collections.ConfigDict, workdir: str | Path,
+                        pretrain: tuple[Any, dict[str, Any]] | None = None) -> Path:
+  """`config.text.encoder`, or the embedded tiny T5 (built in the workdir on first use).
+
+  `pretrain` (see `default_t5.build_default_t5`): the embedded T5 must be (or be built)
+  pretrained so; without it an existing embedded T5 is used as it is."""
   if config.text.encoder:
+    if pretrain is not None:
+      raise ValueError(f"text pretraining is for the embedded tiny T5, but config.text.encoder "
+                       f"names {config.text.encoder}: drop one of them")
     return Path(resolve_path(config.text.encoder, workdir))
   import jax
 
@@ -174,13 +181,15 @@ def resolve_encoder_dir(config: ml_collections.ConfigDict, workdir: str | Path) 
   if jax.process_count() > 1 and jax.process_index() != 0:  # process 0 builds it (same bytes)
     _barrier(f"default T5 {directory}")
     return directory
-  if not default_t5.is_built(directory):
+  if pretrain is not None or not default_t5.is_built(directory):  # builds, or checks the build
     split = config.text.default_tokenizer_split
-    print(f"no config.text.encoder given: building the embedded tiny T5 in {directory} "
-          f"(tokenizer fit to the {split!r} captions; see README for using a real T5)")
+    if not default_t5.is_built(directory):
+      how = " and pretrained on its caption language" if pretrain else ""
+      print(f"no config.text.encoder given: building the embedded tiny T5 in {directory} "
+            f"(tokenizer fit to the {split!r} captions{how}; see README for using a real T5)")
     captions = (caption for _, caption in caption_source(config.data.captions, split))
     default_t5.build_default_t5(directory, captions, seed=config.text.default_seed,
-                                vocab_size=config.text.default_vocab_size)
+                                vocab_size=config.text.default_vocab_size, pretrain=pretrain)
   if jax.process_count() > 1:
     _barrier(f"default T5 {directory}")
   return directory
@@ -199,27 +208,31 @@ def cache_spec(encoder: TextEncoder, storage_dtype: str) -> CacheSpec:
 
 
 def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path,
-                 batch_size: int | None = None, mesh: Any = None) -> TextEncoder:
+                 batch_size: int | None = None, mesh: Any = None,
+                 pretrain: tuple[Any, dict[str, Any]] | None = None) -> TextEncoder:
   """The encoder of `config.text` (a T5 or DeepFloyd IF directory, or the embedded tiny T5);
   `batch_size` overrides config.text.batch_size (sampling encodes a few prompts); `mesh`: the
   devices to encode on (`encoder.local_mesh`; None: one device)."""
   import jax.numpy as jnp
 
   return open_text_encoder(
-      resolve_encoder_dir(config, workdir), max_length=config.text.max_length,
+      resolve_encoder_dir(config, workdir, pretrain), max_length=config.text.max_length,
       batch_size=batch_size or config.text.batch_size, dtype=jnp.dtype(config.text.dtype),
       param_dtype=jnp.dtype(config.text.param_dtype) if config.text.param_dtype else None,
       mesh=mesh)
 
 
 def run_encode(config: ml_collections.ConfigDict, workdir: str | Path,
-               progress: bool = True) -> list[EncodeReport]:
-  """Encode every split in `config.data.splits` into the workdir's cache."""
+               progress: bool = True,
+               pretrain: tuple[Any, dict[str, Any]] | None = None) -> list[EncodeReport]:
+  """Encode every split in `config.data.splits` into the workdir's cache (`pretrain`: see
+  `resolve_encoder_dir`)."""
   if not config.data.captions:
     raise ValueError("config.data.captions is empty: name the captions to encode, e.g. "
                      "--config.data.captions=tfds:<dataset dir> or file:<captions.jsonl>")
   mesh_shape = config.text.get("mesh", "")
-  encoder = load_encoder(config, workdir, mesh=local_mesh(mesh_shape) if mesh_shape else None)
+  encoder = load_encoder(config, workdir, mesh=local_mesh(mesh_shape) if mesh_shape else None,
+                         pretrain=pretrain)
   reports = []
   for split in config.data.splits:
     source = caption_source(config.data.captions, split)
