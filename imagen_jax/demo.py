@@ -73,10 +73,12 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
   if config.text_pretrain.steps:
     from imagen_jax.text.pretrain import shapes_reading_task
 
-    d = config.data
+    d, settings = config.data, config.text_pretrain.to_dict()
     task = shapes_reading_task(d.p_two, tuple(d.shapes), tuple(d.sizes), tuple(d.relations),
-                               tuple(d.relation_weights))
-    pretrain = (task, {**config.text_pretrain.to_dict(), "max_length": config.text_max_length})
+                               tuple(d.relation_weights), paired=settings.pop("paired"))
+    if settings["data_seed"] < 0:
+      settings["data_seed"] = settings["seed"]
+    pretrain = (task, {**settings, "max_length": config.text_max_length})
   _section("2/5 text: embedded tiny T5" + (", pretrained on the captions' language" if pretrain
                                            else "") + ", caption cache")
   encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress,

@@ -70,6 +70,9 @@ def test_a_built_t5_is_reused_only_for_the_pretraining_it_had(t5_dirs):
   assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
   with pytest.raises(ValueError, match="was pretrained .* asks for pretraining .*delete"):
     build_default_t5(pretrained, train, pretrain=(shapes_reading_task(), {**SETTINGS, "steps": 9}))
+  with pytest.raises(ValueError, match="was pretrained .* asks for pretraining"):  # a default
+    build_default_t5(pretrained, train, pretrain=(shapes_reading_task(), {**SETTINGS,
+                                                                          "data_seed": 5}))
   with pytest.raises(ValueError, match="was pretrained .* asks for no pretraining"):
     build_default_t5(pretrained, train)
   with pytest.raises(ValueError, match="was not pretrained"):
@@ -109,3 +112,13 @@ def test_encode_builds_the_pretrained_t5_its_cache_is_encoded_with(tmp_path):
   apply_overrides(config, [f"text.encoder={t5}"])
   with pytest.raises(ValueError, match="embedded tiny T5, but config.text.encoder"):
     run_encode(config, tmp_path / "w2", progress=False, pretrain=quick)
+
+
+def test_paired_batches_hold_each_scene_said_both_ways():
+  task = shapes_reading_task(p_two=1.0, paired=True)
+  texts, labels = task.sample(np.random.default_rng(0), 6)
+  for i in range(3):
+    assert texts[i] != texts[i + 3] and (labels[i] == labels[i + 3]).all()
+    assert {w for w in texts[i].split()} - {"left", "right", "above", "below"} == \
+        {w for w in texts[i + 3].split()} - {"left", "right", "above", "below"}
+  assert task.spec["paired"] and "paired" not in shapes_reading_task().spec

@@ -70,6 +70,12 @@ class Scene:
       return self.objects[0].phrase()
     return f"{self.objects[0].phrase()} {RELATIONS[self.relation]} {self.objects[1].phrase()}"
 
+  def paraphrase(self) -> Scene:
+    """The same scene said the other way round: "B to the right of A" for "A to the left of B"."""
+    if len(self.objects) == 1:
+      return self
+    return Scene(self.objects[::-1], (1, 0, 3, 2)[self.relation])
+
   def reading(self) -> list[int]:
     """The caption's content in a canonical order (READING_CLASSES): the same for "A to the
     left of B" and "B to the right of A"."""

@@ -10,7 +10,6 @@ needs a real T5 — e.g. google/t5-v1_1-xxl, downloaded by you — named by `con
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -82,14 +81,13 @@ def build_default_t5(directory: str | os.PathLike, captions: Iterable[str], *, s
 
 def _check_pretraining(directory: Path, pretrain: tuple[Any, dict[str, Any]] | None) -> None:
   """A built directory serves a request only if it was pretrained as asked (or not at all)."""
-  from imagen_jax.text.pretrain import read_record
+  from imagen_jax.text.pretrain import expected_record, read_record
 
   record = read_record(directory)
   if pretrain is None and record is None:
     return
   if pretrain is not None and record is not None:
-    task, settings = pretrain
-    wanted = json.loads(json.dumps({**task.spec, **settings}))  # tuples read back as lists
+    wanted = expected_record(*pretrain)
     if all(record.get(k) == v for k, v in wanted.items()):
       return
   had = f"pretrained ({record})" if record else "not pretrained"

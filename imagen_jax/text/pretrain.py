@@ -45,29 +45,37 @@ class ReadingTask:
 
 
 def shapes_reading_task(p_two: float = 0.6, shapes=None, sizes=None, relations=None,
-                        relation_weights=None) -> ReadingTask:
+                        relation_weights=None, paired: bool = False) -> ReadingTask:
   """The shapes captions (drawn as `shapes_scene.sample_scene` draws scenes, restrictions
-  included) and their canonical reading (`shapes_scene.Scene.reading`)."""
+  included) and their canonical reading (`shapes_scene.Scene.reading`). `paired`: half of each
+  batch is drawn, the other half is the same scenes said the other way round ("B to the right
+  of A" for "A to the left of B"), with the same reading."""
   from imagen_jax.data import shapes_scene
 
   kw = {"p_two": p_two, "shapes": shapes, "sizes": sizes, "relations": relations,
         "relation_weights": relation_weights}
 
   def sample(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray]:
-    scenes = [shapes_scene.sample_scene(rng, **kw) for _ in range(n)]
+    scenes = [shapes_scene.sample_scene(rng, **kw) for _ in range((n + 1) // 2 if paired else n)]
+    if paired:
+      scenes = (scenes + [s.paraphrase() for s in scenes])[:n]
     return [s.caption() for s in scenes], np.array([s.reading() for s in scenes], np.int32)
 
   spec = {"task": "shapes", **{k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}}
+  if paired:
+    spec["paired"] = True
   return ReadingTask(spec, shapes_scene.READING_CLASSES, sample)
 
 
 def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batch_size: int = 64,
                 lr: float = 1e-3, seed: int = 0, max_length: int = 16,
+                data_seed: int | None = None,
                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
   """Train the T5 encoder in `t5_dir` (config.json + model.safetensors + tokenizer, as
   `default_t5.build_default_t5` writes it) on `task`; overwrite its weights and write
   `pretraining.json` (returned): the task, the settings, and the readout's accuracy (every slot
-  right) on fresh captions before and after. Deterministic for a given seed."""
+  right) on fresh captions before and after. Deterministic for a given seed (`seed` draws the
+  readout's initial weights, `data_seed` — default `seed` — the training captions)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -115,7 +123,7 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
     return optax.apply_updates(p, updates), state, loss, acc
 
   evaluate = jax.jit(loss_fn)
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(seed if data_seed is None else data_seed)
   held_out = _batch(task, tokenizer, np.random.default_rng((seed, 1)), 512)
   before = float(evaluate(params, *held_out)[1])
   state, start = opt.init(params), time.time()
@@ -127,7 +135,7 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
   loss, after = (float(x) for x in evaluate(params, *held_out))
   save_t5_encoder(t5_dir, config, jax.tree.map(np.asarray, params["t5"]))
   record = {**task.spec, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "max_length": max_length, "held_out_readout_right_before": round(before, 4),
+            "max_length": max_length, "data_seed": seed if data_seed is None else data_seed, "held_out_readout_right_before": round(before, 4),
             "held_out_readout_right_after": round(after, 4), "held_out_loss": round(loss, 5),
             "seconds": round(time.time() - start, 1)}
   (t5_dir / RECORD).write_text(json.dumps(record, indent=2))
@@ -138,6 +146,20 @@ def _batch(task: ReadingTask, tokenizer, rng: np.random.Generator, n: int):
   captions, labels = task.sample(rng, n)
   tokens = tokenizer(captions, warn=False)
   return tokens.input_ids, tokens.attention_mask, labels
+
+
+def expected_record(task: ReadingTask, settings: dict[str, Any]) -> dict[str, Any]:
+  """The task and settings part of the record `pretrain_t5(dir, task, **settings)` writes
+  (defaults filled in), as it reads back from JSON."""
+  import inspect
+
+  params = inspect.signature(pretrain_t5).parameters
+  defaults = {k: p.default for k, p in params.items()
+              if p.default is not inspect.Parameter.empty and k != "log"}
+  wanted = {**task.spec, **defaults, **{k: v for k, v in settings.items() if k != "log"}}
+  if wanted["data_seed"] is None:
+    wanted["data_seed"] = wanted["seed"]
+  return json.loads(json.dumps(wanted))
 
 
 def read_record(t5_dir: str | Path) -> dict[str, Any] | None:
