@@ -25,15 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-def paraphrase(scene):
-  return scene.paraphrase()
-
 
 def mirror(scene):
   """The other arrangement of the same two objects, said in the same order."""
-  from imagen_jax.data.shapes_scene import Scene
+  from imagen_jax.data.shapes_scene import INVERSE_RELATIONS, Scene
 
-  return Scene(scene.objects, (1, 0, 3, 2)[scene.relation])
+  return Scene(scene.objects, INVERSE_RELATIONS[scene.relation])
 
 
 def side_probe(t5_dir, n: int = 1000, seed: int = 7, **restrictions) -> dict[str, float]:
@@ -60,10 +57,9 @@ def side_probe(t5_dir, n: int = 1000, seed: int = 7, **restrictions) -> dict[str
     where = np.flatnonzero(np.isin(ids[i], colour_ids))
     if len(where) != 2:
       raise ValueError(f"expected two colour tokens in {s.caption()!r}, found {len(where)}")
-    first_is_left = s.relation in (0, 2)  # "to the left of", "above"
     for k, j in enumerate(where):
       x.append(np.append(emb[i, j], 1.0))
-      side.append(1.0 if (k == 0) == first_is_left else -1.0)
+      side.append(1.0 if (k == 0) == s.first_is_left_or_top else -1.0)
       first.append(1.0 if k == 0 else -1.0)
   x, m = np.array(x), len(x) * 3 // 4
   left = np.array(side) > 0
@@ -124,7 +120,7 @@ def main(argv=None):
     scenes = [sample_scene(rng, **kw) for _ in range(args.batch)]
     scenes += [mirror(s) for s in scenes if len(s.objects) == 2]
     first = tok([s.caption() for s in scenes], warn=False)
-    second = tok([paraphrase(s).caption() for s in scenes], warn=False)
+    second = tok([s.paraphrase().caption() for s in scenes], warn=False)
     return (first.input_ids, first.attention_mask, second.input_ids, second.attention_mask)
 
   def embed(p, ids, mask):
@@ -150,10 +146,10 @@ def main(argv=None):
       s = sample_scene(test_rng, **kw)
       if len(s.objects) == 2:
         scenes.append(s)
-    forms = [scenes, [paraphrase(s) for s in scenes], [mirror(s) for s in scenes],
-             [paraphrase(mirror(s)) for s in scenes]]
-    e = [np.asarray(embed(p, *(lambda t: (t.input_ids, t.attention_mask))(
-        tok([s.caption() for s in f], warn=False)))) for f in forms]
+    forms = [scenes, [s.paraphrase() for s in scenes], [mirror(s) for s in scenes],
+             [mirror(s).paraphrase() for s in scenes]]
+    tokens = [tok([s.caption() for s in f], warn=False) for f in forms]
+    e = [np.asarray(embed(p, t.input_ids, t.attention_mask)) for t in tokens]
     sim = [np.sum(e[0] * x, -1) for x in e[1:]]
     return float(np.mean((sim[0] > sim[1]) & (sim[0] > sim[2])))
 

@@ -25,6 +25,7 @@ COLOR_NAMES = tuple(COLORS)
 SIZES = {"small": 0.18, "large": 0.32}  # the side of the object's bounding box / the image side
 SIZE_NAMES = tuple(SIZES)
 RELATIONS = ("to the left of", "to the right of", "above", "below")
+INVERSE_RELATIONS = (1, 0, 3, 2)  # "A to the left of B" says "B to the right of A"
 BACKGROUND = (255, 255, 255)
 GAP = 0.05  # the minimal free space between two objects along the relation's axis
 MAX_OBJECTS = 2
@@ -74,7 +75,12 @@ class Scene:
     """The same scene said the other way round: "B to the right of A" for "A to the left of B"."""
     if len(self.objects) == 1:
       return self
-    return Scene(self.objects[::-1], (1, 0, 3, 2)[self.relation])
+    return Scene(self.objects[::-1], INVERSE_RELATIONS[self.relation])
+
+  @property
+  def first_is_left_or_top(self) -> bool:
+    """Whether objects[0] is the left/top one ("to the left of", "above"; two objects)."""
+    return self.relation in (0, 2)
 
   def reading(self) -> list[int]:
     """The caption's content in a canonical order (READING_CLASSES): the same for "A to the
@@ -84,7 +90,7 @@ class Scene:
     if len(self.objects) == 1:
       return [0] + ids(self.objects[0]) + ids(None)
     a, b = self.objects
-    first, second = (a, b) if self.relation in (0, 2) else (b, a)  # "left of" / "above": a first
+    first, second = (a, b) if self.first_is_left_or_top else (b, a)
     return [1 + self.relation // 2] + ids(first) + ids(second)
 
   def features(self) -> dict[str, np.ndarray]:

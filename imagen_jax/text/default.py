@@ -78,7 +78,6 @@ def build_default_t5(directory: str | os.PathLike, captions: Iterable[str], *, s
   return directory
 
 
-
 def _check_pretraining(directory: Path, pretrain: tuple[Any, dict[str, Any]] | None) -> None:
   """A built directory serves a request only if it was pretrained as asked (or not at all)."""
   from imagen_jax.text.pretrain import expected_record, read_record

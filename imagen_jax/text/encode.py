@@ -208,15 +208,14 @@ def cache_spec(encoder: TextEncoder, storage_dtype: str) -> CacheSpec:
 
 
 def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path,
-                 batch_size: int | None = None, mesh: Any = None,
-                 pretrain: tuple[Any, dict[str, Any]] | None = None) -> TextEncoder:
+                 batch_size: int | None = None, mesh: Any = None) -> TextEncoder:
   """The encoder of `config.text` (a T5 or DeepFloyd IF directory, or the embedded tiny T5);
   `batch_size` overrides config.text.batch_size (sampling encodes a few prompts); `mesh`: the
   devices to encode on (`encoder.local_mesh`; None: one device)."""
   import jax.numpy as jnp
 
   return open_text_encoder(
-      resolve_encoder_dir(config, workdir, pretrain), max_length=config.text.max_length,
+      resolve_encoder_dir(config, workdir), max_length=config.text.max_length,
       batch_size=batch_size or config.text.batch_size, dtype=jnp.dtype(config.text.dtype),
       param_dtype=jnp.dtype(config.text.param_dtype) if config.text.param_dtype else None,
       mesh=mesh)
@@ -231,8 +230,9 @@ def run_encode(config: ml_collections.ConfigDict, workdir: str | Path,
     raise ValueError("config.data.captions is empty: name the captions to encode, e.g. "
                      "--config.data.captions=tfds:<dataset dir> or file:<captions.jsonl>")
   mesh_shape = config.text.get("mesh", "")
-  encoder = load_encoder(config, workdir, mesh=local_mesh(mesh_shape) if mesh_shape else None,
-                         pretrain=pretrain)
+  if pretrain is not None:  # build (or check) the pretrained embedded T5 before loading it
+    resolve_encoder_dir(config, workdir, pretrain)
+  encoder = load_encoder(config, workdir, mesh=local_mesh(mesh_shape) if mesh_shape else None)
   reports = []
   for split in config.data.splits:
     source = caption_source(config.data.captions, split)

@@ -17,7 +17,9 @@ The encoder is trained with a readout of one learnt query per slot attending ove
 (a one-layer, non-autoregressive decoder) and a linear classifier per slot; the readout is
 discarded and the encoder frozen as before. A query can only find "the left object's colour" if
 the colour tokens say which side their object is on, so that is what the encoder learns to put
-in them (the probe: 58% → 98% after the demo's 600 steps, 14 s). No image is seen.
+in them (the probe on the demo's captions: 58% → 98% after 600 steps of 64, 14 s). No image
+is seen. The training loop draws and tokenizes each batch on the host (≈ 5 ms of a ≈ 23 ms
+step, measured) and runs one jitted step per batch.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
   loss, after = (float(x) for x in evaluate(params, *held_out))
   save_t5_encoder(t5_dir, config, jax.tree.map(np.asarray, params["t5"]))
   record = {**task.spec, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "max_length": max_length, "data_seed": seed if data_seed is None else data_seed, "held_out_readout_right_before": round(before, 4),
+            "max_length": max_length, "data_seed": seed if data_seed is None else data_seed,
+            "held_out_readout_right_before": round(before, 4),
             "held_out_readout_right_after": round(after, 4), "held_out_loss": round(loss, 5),
             "seconds": round(time.time() - start, 1)}
   (t5_dir / RECORD).write_text(json.dumps(record, indent=2))
