@@ -4,10 +4,14 @@
     python -m benchmarks.quality fashion --workdir runs/q_fashion  # ≤ 60 min of training
     python -m benchmarks.quality emoji --workdir runs/q_emoji      # thresholding, grey background
 
+    python -m benchmarks.quality shapes --workdir W --demo text_pretrain.steps=600 \
+        --demo text_pretrain.objective=words --base-set diffusion.high_noise_fraction=0.5
+
 Every stage is trained with the demo's recipe (configs/demo.py: `base` for a text → 32 px stage,
-`sr` for 32 → 64 px) and more steps; runs resume (re-running reuses data, caches, checkpoints).
-Each prints markdown tables, writes them to `<workdir>/quality_<kind>.json`, and writes PNGs
-(plots and sample grids) to `<workdir>/plots/`.
+`sr` for 32 → 64 px) and more steps (`shapes`: `--demo KEY=VALUE` changes the demo config, e.g.
+its data or text pretraining, `--base-set KEY=VALUE` the base stage's); runs resume
+(re-running reuses data, caches, checkpoints). Each prints markdown tables, writes them to
+`<workdir>/quality_<kind>.json`, and writes PNGs (plots and sample grids) to `<workdir>/plots/`.
 
 `shapes` — the demo cascade trained longer, then, on held-out test captions:
   * alignment of the cascade's **final** 64 px images (the exact scorer) vs training step, at every
@@ -53,13 +57,16 @@ def demo_config(overrides: list[str]):
 
 
 def train_stage(name: str, recipe: dict, dataset: Path, workdir: Path, overrides: dict,
-                progress: bool) -> dict:
-  """One stage with the demo's recipe for it plus `overrides`; returns `train`'s summary."""
+                progress: bool, sets: list[str] = ()) -> dict:
+  """One stage with the demo's recipe for it plus `overrides` (then `sets`, KEY=VALUE strings
+  on the stage's config); returns `train`'s summary."""
+  from imagen_jax.configlib import apply_overrides
   from imagen_jax.demo import demo_stage_config
   from imagen_jax.train.loop import train
 
   config = demo_stage_config(name, {**recipe, **overrides}, dataset=dataset,
                              max_length=MAX_LENGTH)
+  apply_overrides(config, list(sets))
   summary = train(config, workdir, progress=progress)
   if summary["stopped"]:
     raise SystemExit("interrupted (SIGTERM); re-run to resume")
@@ -116,12 +123,12 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
 
   workdir, plots = Path(args.workdir), Path(args.workdir) / "plots"
   config = demo_config([f"progress={not args.no_progress}", f"text_max_length={MAX_LENGTH}",
-                        f"data.num_train={args.num_train}"])
+                        f"data.num_train={args.num_train}", *args.demo])
   data = prepare_inputs(config, workdir)
   every = max(args.base_steps // 6, 1)
   base = {**config.base.to_dict(), "train.keep_checkpoints": 8, "train.checkpoint_every": every}
   train_stage("base64", base, data.directory, workdir, {"train.num_steps": args.base_steps},
-              not args.no_progress)
+              not args.no_progress, sets=args.base_set)
   sr = config.sr.to_dict()
   train_stage("sr256", sr, data.directory, workdir, {"train.num_steps": args.sr_steps},
               not args.no_progress)
@@ -323,6 +330,12 @@ def main(argv=None) -> None:
   parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME:STEPS",
                       help="fashion: the sampler runs (default dpmpp_2m:10 dpmpp_2m:25 "
                       "dpmpp_2m:50 ddim:50 ddpm:250 ddpm:1000)")
+  parser.add_argument("--demo", action="append", default=[], metavar="KEY=VALUE",
+                      help="shapes: a demo config override (configs/demo.py), e.g. "
+                      "text_pretrain.steps=600 text_pretrain.objective=words")
+  parser.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                      help="shapes: an override of the base stage's config after the demo's "
+                      "recipe, e.g. diffusion.high_noise_fraction=0.5")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   try:

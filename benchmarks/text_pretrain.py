@@ -1,6 +1,6 @@
 """Experiment (issue 17, RESULTS §15): contrastive pretraining of the embedded tiny T5 on caption
-paraphrases, text only — the objective that did *not* help (the one that did, a reading task, is
-`imagen_jax.text.pretrain`, the demo's `text_pretrain`).
+paraphrases, text only — the objective that did *not* help (the ones that did are
+`imagen_jax.text.pretrain`'s word and reading objectives, the demo's `text_pretrain`).
 
     python -m benchmarks.text_pretrain T5_DIR [--steps 3000] [--shapes square --sizes large]
     python -m benchmarks.text_pretrain --probe T5_DIR [T5_DIR ...] [--shapes square ...]

@@ -45,6 +45,10 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert metrics["base_steps"] == 16 and metrics["sr_steps"] == 6
   recorded = json.loads((workdir / "base64" / "config.json").read_text())
   assert recorded["train"]["num_steps"] == 16
+  # the embedded T5 was pretrained on the captions' language first (the quick variant: 20 steps)
+  from imagen_jax.text.pretrain import read_record
+  pretraining = read_record(workdir / "text" / "default_t5")
+  assert pretraining["objective"] == "words" and pretraining["steps"] == 20
   grid = np.asarray(Image.open(workdir / "demo_grid.png"))
   assert grid.ndim == 3 and grid.shape[1] > 8 * 64  # 8 prompts of 64 px side by side
   saved = json.loads((workdir / "demo_metrics.json").read_text())

@@ -12,7 +12,8 @@ from imagen_jax.text.default import build_default_t5
 from imagen_jax.text.encoder import TextEncoder
 from imagen_jax.text.pretrain import read_record, shapes_reading_task
 
-SETTINGS = {"steps": 300, "batch_size": 32, "lr": 2e-3, "seed": 0, "max_length": 16}
+SETTINGS = {"steps": 300, "batch_size": 32, "lr": 2e-3, "seed": 0, "max_length": 16,
+            "objective": "reading"}
 
 
 def captions(n: int, seed: int) -> tuple[list[str], list[shapes_scene.Scene]]:
@@ -29,6 +30,14 @@ def t5_dirs(tmp_path_factory):
   pretrained = build_default_t5(root / "pretrained", train,
                                 pretrain=(shapes_reading_task(), SETTINGS))
   return random, pretrained, train
+
+
+@pytest.fixture(scope="module")
+def words_t5(t5_dirs, tmp_path_factory):
+  _, _, train = t5_dirs
+  settings = {**SETTINGS, "steps": 600, "objective": "words"}
+  return build_default_t5(tmp_path_factory.mktemp("words") / "t5", train,
+                          pretrain=(shapes_reading_task(), settings))
 
 
 def test_reading_is_the_same_for_a_caption_and_its_paraphrase():
@@ -116,9 +125,66 @@ def test_encode_builds_the_pretrained_t5_its_cache_is_encoded_with(tmp_path):
 
 def test_paired_batches_hold_each_scene_said_both_ways():
   task = shapes_reading_task(p_two=1.0, paired=True)
-  texts, labels = task.sample(np.random.default_rng(0), 6)
+  texts, labels, _ = task.sample(np.random.default_rng(0), 6)
   for i in range(3):
     assert texts[i] != texts[i + 3] and (labels[i] == labels[i + 3]).all()
     assert {w for w in texts[i].split()} - {"left", "right", "above", "below"} == \
         {w for w in texts[i + 3].split()} - {"left", "right", "above", "below"}
   assert task.spec["paired"] and "paired" not in shapes_reading_task().spec
+
+
+def test_each_word_is_read_as_where_its_object_is():
+  red, green = (shapes_scene.SceneObject(1, shapes_scene.COLOR_NAMES.index(c), 0, (0.3, 0.5))
+                for c in ("red", "green"))
+  roles = shapes_scene.ROLES
+  for scene, red_role, green_role in (
+      (shapes_scene.Scene((red, green), 0), "left", "right"),  # red to the left of green
+      (shapes_scene.Scene((green, red), 1), "left", "right"),  # green to the right of red
+      (shapes_scene.Scene((red, green), 2), "top", "bottom"),  # red above green
+      (shapes_scene.Scene((green, red), 2), "bottom", "top"),  # green above red
+      (shapes_scene.Scene((red,)), "only", None)):
+    words = scene.word_reading()
+    assert " ".join(w for w, _ in words) == scene.caption()
+    for word, label in words:
+      colour = {"red": 1, "green": 2}.get(word)
+      if word in ("to", "the", "of", "left", "right", "above", "below"):
+        assert label == (0, 0, 0, 0), (scene.caption(), word)
+      elif colour is not None:
+        assert label[0] == roles.index(red_role if word == "red" else green_role), scene.caption()
+        assert label[1] == shapes_scene.COLOR_NAMES.index(word) + 1
+    by_word = dict(words)  # the shape word knows its object's colour (the last "square" here)
+    assert by_word["square"][1] == scene.objects[-1].color + 1
+
+
+def test_word_labels_are_aligned_to_their_tokens(t5_dirs):
+  from imagen_jax.text.pretrain import _batch
+  from imagen_jax.text.tokenizer import Tokenizer
+
+  random, _, _ = t5_dirs
+  tokenizer = Tokenizer.from_directory(random, max_length=16)
+  task = shapes_reading_task(p_two=1.0)
+  ids, mask, _, word_labels = _batch(task, tokenizer, np.random.default_rng(1), 8)
+  captions, _, words = task.sample(np.random.default_rng(1), 8)
+  for i, caption in enumerate(captions):
+    n = len(caption.split())  # one token a word here, then </s>, then padding
+    assert mask[i].sum() == n + 1
+    np.testing.assert_array_equal(word_labels[i, :n], words[i])
+    assert not word_labels[i, n:].any()
+    for j, token in enumerate(tokenizer.hf.convert_ids_to_tokens(list(ids[i, :n]))):
+      assert token == "\u2581" + caption.split()[j]
+
+
+def test_the_words_objective_makes_every_token_say_where_its_object_is_loudly(t5_dirs, words_t5):
+  random, reading, _ = t5_dirs
+  record = read_record(words_t5)
+  assert record["objective"] == "words" and "held_out_readout_right_after" not in record
+  assert record["held_out_words_right_before"] < 0.05
+  assert record["held_out_words_right_after"] > 0.95, record
+  probe = side_probe(words_t5, n=600)
+  assert probe["left_or_top"] > 0.95, probe
+  assert probe["separation"] > 0.5, probe  # the random T5: ≈ 0.04 (RESULTS §15)
+  assert side_probe(random, n=600)["separation"] < 0.2
+  with pytest.raises(ValueError, match="objective 'tokens': choose one of"):
+    from imagen_jax.text.pretrain import pretrain_t5
+
+    pretrain_t5(random, shapes_reading_task(), objective="tokens")

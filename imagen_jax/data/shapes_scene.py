@@ -34,6 +34,10 @@ MAX_OBJECTS = 2
 # (ids + 1; 0: no object). Classes per slot:
 READING_CLASSES = (3, len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1,
                    len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
+# What each word of a caption belongs to (Scene.word_reading): where its object is (ROLES), and
+# that object's colour, shape and size (ids + 1; 0 for a relation word). Classes per slot:
+ROLES = ("none", "only", "left", "right", "top", "bottom")
+WORD_CLASSES = (len(ROLES), len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +96,23 @@ class Scene:
     a, b = self.objects
     first, second = (a, b) if self.first_is_left_or_top else (b, a)
     return [1 + self.relation // 2] + ids(first) + ids(second)
+
+  def word_reading(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Each word of `caption()` with what it belongs to (WORD_CLASSES): where its object is
+    ("left" for every word of "a small red circle" in "a small red circle to the left of ...")
+    and that object's colour/shape/size ids + 1; a relation word gets (0, 0, 0, 0)."""
+    if len(self.objects) == 1:
+      roles = ["only"]
+    else:
+      roles = [("left", "right"), ("right", "left"), ("top", "bottom"),
+               ("bottom", "top")][self.relation]
+    words = []
+    for k, (obj, role) in enumerate(zip(self.objects, roles)):
+      if k:
+        words += [(w, (0, 0, 0, 0)) for w in RELATIONS[self.relation].split()]
+      label = (ROLES.index(role), obj.color + 1, obj.shape + 1, obj.size + 1)
+      words += [(w, label) for w in obj.phrase().split()]
+    return words
 
   def features(self) -> dict[str, np.ndarray]:
     """Ground truth as fixed-shape arrays (padded to MAX_OBJECTS with -1 ids and zero boxes)."""
