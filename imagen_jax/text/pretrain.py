@@ -137,7 +137,8 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
         "heads": [h.init(k, jnp.zeros((1, config.d_model)))["params"]
                   for h, k in zip(heads, keys[2:])]}
   if words:
-    word_keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), len(task.word_classes))
+    word_keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1),
+                                 len(task.word_classes))
     params["word_heads"] = [jax.random.normal(k, (config.d_model, c))
                             for k, c in zip(word_keys, task.word_classes)]
 
