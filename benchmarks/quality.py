@@ -338,6 +338,8 @@ def main(argv=None) -> None:
                       "recipe, e.g. diffusion.high_noise_fraction=0.5")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
+  if (args.demo or args.base_set) and args.kind != "shapes":
+    parser.error(f"--demo and --base-set change the shapes cascade; {args.kind} does not use them")
   try:
     args.samplers = [(n, int(k)) for n, k in (s.split(":") for s in args.samplers or
                      ["dpmpp_2m:10", "dpmpp_2m:25", "dpmpp_2m:50", "ddim:50", "ddpm:250",

@@ -23,7 +23,7 @@ def get_config(arg=None):
   # Pretraining of the embedded tiny T5 on the captions' language, text only (no image; see
   # imagen_jax/text/pretrain.py), the way Imagen's T5 knows its language before the U-Net
   # trains: each token learns what its word belongs to — where its object is and that object's
-  # colour, shape and size ("words"; "reading": name the objects, left/top first). ≈ 25 s.
+  # colour, shape and size ("words"; "reading": name the objects, left/top first). ≈ 11 s.
   # Measured (RESULTS issue 17 §16): the demo's final one-object all-attributes 0.59 → 0.82,
   # relation 0.19 → 0.26 (chance: the demo's recipe learns no positions); with the high-noise
   # band the toy of two squares learns the relation's direction in both seeds tried (0.595 →
@@ -34,7 +34,7 @@ def get_config(arg=None):
   config.text_pretrain.lr = 1e-3
   config.text_pretrain.seed = 0  # the heads' initial weights
   config.text_pretrain.data_seed = -1  # the training captions' draw (-1: `seed`)
-  config.text_pretrain.objective = "words"  # or "reading" / "both": imagen_jax.text.pretrain
+  config.text_pretrain.objective = "words"  # or "reading": imagen_jax.text.pretrain
   config.text_pretrain.paired = False  # each batch: half drawn, half those said the other way
 
   config.data = ml_collections.ConfigDict()

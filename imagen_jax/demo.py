@@ -76,8 +76,8 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
     d, settings = config.data, config.text_pretrain.to_dict()
     task = shapes_reading_task(d.p_two, tuple(d.shapes), tuple(d.sizes), tuple(d.relations),
                                tuple(d.relation_weights), paired=settings.pop("paired"))
-    if settings["data_seed"] < 0:
-      settings["data_seed"] = settings["seed"]
+    if settings["data_seed"] < 0:  # -1: `seed` (pretrain_t5's None)
+      settings["data_seed"] = None
     pretrain = (task, {**settings, "max_length": config.text_max_length})
   _section("2/5 text: embedded tiny T5" + (", pretrained on the captions' language" if pretrain
                                            else "") + ", caption cache")

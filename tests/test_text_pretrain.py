@@ -146,10 +146,9 @@ def test_each_word_is_read_as_where_its_object_is():
     words = scene.word_reading()
     assert " ".join(w for w, _ in words) == scene.caption()
     for word, label in words:
-      colour = {"red": 1, "green": 2}.get(word)
       if word in ("to", "the", "of", "left", "right", "above", "below"):
         assert label == (0, 0, 0, 0), (scene.caption(), word)
-      elif colour is not None:
+      elif word in ("red", "green"):
         assert label[0] == roles.index(red_role if word == "red" else green_role), scene.caption()
         assert label[1] == shapes_scene.COLOR_NAMES.index(word) + 1
     by_word = dict(words)  # the shape word knows its object's colour (the last "square" here)
@@ -163,7 +162,8 @@ def test_word_labels_are_aligned_to_their_tokens(t5_dirs):
   random, _, _ = t5_dirs
   tokenizer = Tokenizer.from_directory(random, max_length=16)
   task = shapes_reading_task(p_two=1.0)
-  ids, mask, _, word_labels = _batch(task, tokenizer, np.random.default_rng(1), 8)
+  ids, mask, _, word_labels = _batch(task, tokenizer, np.random.default_rng(1), 8, pieces={})
+  assert _batch(task, tokenizer, np.random.default_rng(1), 8)[3] is None  # reading: not needed
   captions, _, words = task.sample(np.random.default_rng(1), 8)
   for i, caption in enumerate(captions):
     n = len(caption.split())  # one token a word here, then </s>, then padding
@@ -188,3 +188,14 @@ def test_the_words_objective_makes_every_token_say_where_its_object_is_loudly(t5
     from imagen_jax.text.pretrain import pretrain_t5
 
     pretrain_t5(random, shapes_reading_task(), objective="tokens")
+
+
+def test_a_caption_tokenized_unlike_its_words_is_an_error(t5_dirs):
+  from imagen_jax.text.pretrain import _batch
+  from imagen_jax.text.tokenizer import Tokenizer
+
+  random, _, _ = t5_dirs
+  hf = Tokenizer.from_directory(random).hf
+  renaming = Tokenizer(hf, 16, preprocess=lambda t: t.replace("red", "blue"))  # whole ≠ words
+  with pytest.raises(ValueError, match="differently word by word than whole"):
+    _batch(shapes_reading_task(), renaming, np.random.default_rng(0), 64, pieces={})

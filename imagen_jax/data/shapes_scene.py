@@ -102,10 +102,10 @@ class Scene:
     ("left" for every word of "a small red circle" in "a small red circle to the left of ...")
     and that object's colour/shape/size ids + 1; a relation word gets (0, 0, 0, 0)."""
     if len(self.objects) == 1:
-      roles = ["only"]
+      roles = ("only",)
     else:
-      roles = [("left", "right"), ("right", "left"), ("top", "bottom"),
-               ("bottom", "top")][self.relation]
+      roles = (("left", "right"), ("top", "bottom"))[self.relation // 2]
+      roles = roles if self.first_is_left_or_top else roles[::-1]
     words = []
     for k, (obj, role) in enumerate(zip(self.objects, roles)):
       if k:

@@ -11,7 +11,8 @@ the base stage does not find at CPU scale (benchmarks/RESULTS.md, issue 17 §14)
 two-way form it learns in a few thousand steps.
 
 This module gives the tiny T5 that knowledge from text alone, the way T5 got its own from C4.
-No image is seen; the heads are discarded and the encoder frozen as before. Two objectives:
+No image is seen; the heads are discarded and the encoder frozen as before. Two objectives
+(`objective`):
 
 - "words" (the default; the demo's): each token alone says what its word belongs to — where its
   object is (left, right, top, bottom, the only one) and that object's colour, shape and size
@@ -28,9 +29,8 @@ No image is seen; the heads are discarded and the encoder frozen as before. Two 
   its own margin, so how loudly they say it depends on the seed (separation 0.26–0.58 on the toy).
 
 With loud tokens the base stage learns the relation's direction in the toy (benchmarks/RESULTS.md
-issue 17 §15–16). The training loop draws and tokenizes each batch on the host (whole and word by
-word: ≈ 10 ms a batch of 64, measured beside two training runs; 600 steps take 10–25 s) and runs
-one jitted step per batch.
+issue 17 §15–16). The training loop draws and tokenizes each batch on the host and runs one
+jitted step per batch (host ≈ 8 ms a batch of 64, measured; 600 steps take 10–25 s).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def shapes_reading_task(p_two: float = 0.6, shapes=None, sizes=None, relations=N
   return ReadingTask(spec, shapes_scene.READING_CLASSES, shapes_scene.WORD_CLASSES, sample)
 
 
-OBJECTIVES = ("reading", "words", "both")
+OBJECTIVES = ("words", "reading")
 WORD_LOGIT_SCALE = 10.0  # cosine classifier: logits = 10 × cos(token, class vector)
 
 
@@ -102,8 +102,7 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
   (accuracy: every slot right); "words" — each token's own reading (what its word belongs to:
   `task.word_classes`) from the token alone, by a cosine classifier (logits = 10 × the cosine
   between the token and a learnt class vector), so the token itself must say it and say it
-  loudly — no head weight can grow the margin for it (accuracy: tokens with every slot right);
-  "both" — the sum."""
+  loudly — no head weight can grow the margin for it (accuracy: tokens with every slot right)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -118,7 +117,8 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
                      f"{batch_size} (steps 0 means: do not pretrain; do not call this)")
   if objective not in OBJECTIVES:
     raise ValueError(f"text pretraining objective {objective!r}: choose one of {OBJECTIVES}")
-  reading, words = objective in ("reading", "both"), objective in ("words", "both")
+  reading, words = objective == "reading", objective == "words"
+  data_seed = seed if data_seed is None else data_seed
   t5_dir = Path(t5_dir)
   config, t5_params = load_t5_encoder(t5_dir)
   tokenizer = Tokenizer.from_directory(t5_dir, max_length=max_length)
@@ -179,19 +179,19 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
     return ", ".join(f"{k} right {float(v):.3f}" for k, v in metrics.items())
 
   evaluate = jax.jit(loss_fn)
-  rng = np.random.default_rng(seed if data_seed is None else data_seed)
-  held_out = _batch(task, tokenizer, np.random.default_rng((seed, 1)), 512)
+  rng, pieces = np.random.default_rng(data_seed), {} if words else None
+  held_out = _batch(task, tokenizer, np.random.default_rng((seed, 1)), 512, pieces)
   before = evaluate(params, *held_out)[1]
   state, start = opt.init(params), time.time()
   for i in range(steps):
-    params, state, loss, metrics = step(params, state, *_batch(task, tokenizer, rng, batch_size))
+    batch = _batch(task, tokenizer, rng, batch_size, pieces)
+    params, state, loss, metrics = step(params, state, *batch)
     if log and (i % max(1, steps // 4) == 0 or i == steps - 1):
       log(f"[text pretraining] step {i + 1}/{steps}: loss {float(loss):.4f}, {show(metrics)}")
   loss, after = evaluate(params, *held_out)
   save_t5_encoder(t5_dir, config, jax.tree.map(np.asarray, params["t5"]))
   record = {**task.spec, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "max_length": max_length, "data_seed": seed if data_seed is None else data_seed,
-            "objective": objective}
+            "max_length": max_length, "data_seed": data_seed, "objective": objective}
   names = {"readout": "held_out_readout_right", "words": "held_out_words_right"}
   for k in after:
     record[names[k] + "_before"] = round(float(before[k]), 4)
@@ -201,22 +201,28 @@ def pretrain_t5(t5_dir: str | Path, task: ReadingTask, *, steps: int = 600, batc
   return record
 
 
-def _batch(task: ReadingTask, tokenizer, rng: np.random.Generator, n: int):
-  """Token ids, mask, the captions' readings and each token's word reading (its word's; 0 for
-  the end token and padding)."""
+def _batch(task: ReadingTask, tokenizer, rng: np.random.Generator, n: int,
+           pieces: dict[str, list[int]] | None = None):
+  """Token ids, mask and the captions' readings; with `pieces` (a cache of each word's token ids,
+  filled here) also each token's word reading (its word's; 0 for the end token and padding),
+  else None. A caption whose tokens are not its words' tokens in order is an error."""
   captions, labels, words = task.sample(rng, n)
   tokens = tokenizer(captions, warn=False)
-  ids = np.asarray(tokens.input_ids)
-  split = tokenizer.hf([c.split() for c in captions], is_split_into_words=True,
-                       padding="max_length", truncation=True, max_length=ids.shape[1])
-  if not np.array_equal(np.asarray(split.input_ids), ids):
-    raise ValueError("the tokenizer splits these captions differently word by word than whole; "
-                     "the word reading cannot be aligned to its tokens")
-  word_labels = np.zeros((n, ids.shape[1], len(task.word_classes)), np.int32)
-  for i, w in enumerate(words):
-    where = np.array([-1 if j is None else j for j in split.word_ids(i)])
-    word_labels[i, where >= 0] = w[where[where >= 0]]
-  return ids, tokens.attention_mask, labels, word_labels
+  if pieces is None:
+    return tokens.input_ids, tokens.attention_mask, labels, None
+  word_labels = np.zeros((*tokens.input_ids.shape, len(task.word_classes)), np.int32)
+  for i, (caption, w) in enumerate(zip(captions, words)):
+    split = caption.split()
+    for word in split:
+      if word not in pieces:
+        pieces[word] = tokenizer.hf(word, add_special_tokens=False)["input_ids"]
+    seq = [t for word in split for t in pieces[word]]
+    if tokens.attention_mask[i].sum() != len(seq) + 1 or \
+        list(tokens.input_ids[i, :len(seq)]) != seq:
+      raise ValueError(f"the tokenizer splits {caption!r} differently word by word than whole; "
+                       "the word reading cannot be aligned to its tokens")
+    word_labels[i, :len(seq)] = np.repeat(w, [len(pieces[word]) for word in split], axis=0)
+  return tokens.input_ids, tokens.attention_mask, labels, word_labels
 
 
 def expected_record(task: ReadingTask, settings: dict[str, Any]) -> dict[str, Any]:
