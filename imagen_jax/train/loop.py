@@ -321,6 +321,13 @@ def recorded_config(config: ml_collections.ConfigDict, workdir: Path) -> ml_coll
   return recorded
 
 
+def _data_source(config: dict[str, Any]) -> tuple[Any, ...]:
+  """What a recorded config trained on — dataset, split and caption cache — which a resumed
+  data-iterator state belongs to."""
+  data, text = config.get("data") or {}, config.get("text") or {}
+  return data.get("dataset"), data.get("split"), text.get("cache_dir")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True,
           process_index: int | None = None, process_count: int | None = None) -> dict[str, Any]:
   """Train one stage (see the module docstring). Returns a summary of the run."""
@@ -358,8 +365,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     restored = ckpt.restore(target)  # before any initialisation: IF's weights are read only once
     if restored is not None:
       state, start = restored.state, restored.step
-      iterator.set_state(restored.data_state)
-      print(f"[{config.stage}] resumed from step {start}")
+      before = _data_source(restored.config)
+      if before == _data_source(config_dict):
+        iterator.set_state(restored.data_state)
+        print(f"[{config.stage}] resumed from step {start}")
+      else:  # a curriculum's next phase, or fine-tuning on new data: its own order from the start
+        print(f"[{config.stage}] resumed from step {start}, on other data than it was trained "
+              f"on so far ({before[0]} → {config_dict['data']['dataset']}): the new data's "
+              "order starts from its beginning")
     else:
       state = program.initial_state(tc.seed, mesh, rules, shardings)
       if is_if:
