@@ -159,3 +159,22 @@ def test_relation_is_checked_with_twin_objects():
   for relation, ok in (("to the left of", True), ("to the right of", True), ("above", False)):
     (d,) = shapes_score.score_details([image], [caption.format(relation)])
     assert d.relation_ok is ok
+
+
+def test_relation_parts_say_whether_both_were_drawn_and_which_way():
+  """A red square left of and slightly below a blue circle (dx 0.4, dy 0.1), and an image of the
+  red square alone: 'drawn' counts the two-object captions whose objects were both found,
+  'direction' the side along the asked axis among those (not the axis' dominance)."""
+  red = shapes_scene.SceneObject(1, 0, 0, (0.3, 0.55))
+  blue = shapes_scene.SceneObject(0, 2, 0, (0.7, 0.45))
+  pair = shapes_scene.render(shapes_scene.Scene((red, blue), 0), 64)
+  alone = shapes_scene.render(shapes_scene.Scene((red,)), 64)
+  caption = "a small red square {} a small blue circle"
+  cases = {"to the left of": (True, 1.0), "to the right of": (False, 0.0),
+           "below": (False, 1.0), "above": (False, 0.0)}  # (relation holds, direction)
+  for relation, (holds, direction) in cases.items():
+    details = shapes_score.score_details([pair, alone, alone],
+                                         [caption.format(relation)] * 2 + ["a small red square"])
+    assert details[0].relation_ok is holds and details[1].relation_ok is False
+    assert shapes_score.relation_parts(details) == {"drawn": 0.5, "direction": direction}
+  assert all(np.isnan(v) for v in shapes_score.relation_parts(details[2:]).values())

@@ -35,8 +35,10 @@ def read_split(dataset: str, split: str, num: int) -> tuple[list[str], list[np.n
 def shapes_alignment(images: np.ndarray, captions: Sequence[str], prefix: str) -> dict[str, float]:
   """The exact scorer's rates, overall and split by one-object and two-object captions:
   `<prefix>color` … `<prefix>all` over all captions, `<prefix>single_{color,shape,size,all}` and
-  `<prefix>two_{relation,all}` (NaN when the split has no captions)."""
-  from imagen_jax.eval.shapes_score import aggregate, parse_caption, score_details
+  `<prefix>two_{relation,all}` (NaN when the split has no captions), and for two-object captions
+  `<prefix>two_drawn` (both objects found) and `<prefix>two_direction` (of those, the first on
+  the asked side: `shapes_score.relation_parts`)."""
+  from imagen_jax.eval.shapes_score import aggregate, parse_caption, relation_parts, score_details
 
   details = score_details(images, captions)
   single = [d for d in details if len(parse_caption(d.caption).objects) == 1]
@@ -45,6 +47,7 @@ def shapes_alignment(images: np.ndarray, captions: Sequence[str], prefix: str) -
   one, pair = aggregate(single), aggregate(two)
   row.update({f"{prefix}single_{k}": one[k] for k in ("color", "shape", "size", "all")})
   row.update({f"{prefix}two_{k}": pair[k] for k in ("relation", "all")})
+  row.update({f"{prefix}two_{k}": v for k, v in relation_parts(two).items()})
   return row
 
 

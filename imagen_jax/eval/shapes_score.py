@@ -233,15 +233,34 @@ def analyze_image(image: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE,
   return [_describe(m, k) for m, k in zip(masks, colours)]
 
 
+def _displacement(a: tuple[float, float], b: tuple[float, float],
+                  relation: str) -> tuple[float, float]:
+  """(from `a` to `b` along the relation's axis, signed so that positive is as it asks; across)."""
+  dx, dy = b[0] - a[0], b[1] - a[1]
+  return {"to the left of": (dx, dy), "to the right of": (-dx, dy), "above": (dy, dx),
+          "below": (-dy, dx)}[relation]
+
+
 def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str,
                    slack: float = 0.0) -> bool:
   """Whether centre `a` is `relation` centre `b`: the displacement along the relation's axis
   is positive and larger than the one across it (as the generator draws them), up to `slack`
   (for pixel quantisation of the centres)."""
-  dx, dy = b[0] - a[0], b[1] - a[1]
-  main, other = {"to the left of": (dx, dy), "to the right of": (-dx, dy), "above": (dy, dx),
-                 "below": (-dy, dx)}[relation]
+  main, other = _displacement(a, b, relation)
   return main > 0 and main + slack > abs(other)
+
+
+def relation_parts(scores: Sequence[ImageScore]) -> dict[str, float]:
+  """Why two-object images fail their relation, over the two-object captions among `scores`:
+  'drawn' — both objects found (each caption object matched to a detection); 'direction' — of
+  those, the first object on the asked side of the second along the asked axis, whether or not
+  that displacement dominates (chance: 0.5). NaN where there is nothing to rate."""
+  pairs = [s for s in scores if s.spec.relation is not None]
+  drawn = [s for s in pairs if None not in s.matched]
+  rate = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
+  return {"drawn": rate([None not in s.matched for s in pairs]),
+          "direction": rate([_displacement(s.matched[0].center, s.matched[1].center,
+                                           s.spec.relation)[0] > 0 for s in drawn])}
 
 
 def _attributes(spec: ObjectSpec, det: Detection | None) -> dict[str, bool]:
