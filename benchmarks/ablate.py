@@ -54,7 +54,7 @@ def link_shared(root: Path, run_dir: Path) -> None:
 def run(kind: str, root: Path, name: str, overrides: list[str], demo_overrides: list[str],
         num: int, curve: bool = False) -> dict:
   from imagen_jax.configlib import apply_overrides
-  from imagen_jax.demo import demo_stage_config
+  from imagen_jax.demo import demo_stage_config, train_base
   from imagen_jax.train.loop import train
 
   config, dataset = prepare(root, demo_overrides)
@@ -65,7 +65,10 @@ def run(kind: str, root: Path, name: str, overrides: list[str], demo_overrides: 
                             max_length=config.text_max_length)
   apply_overrides(stage, overrides)
   start = time.time()
-  train(stage, run_dir, progress=False)
+  if kind == "base":  # after the demo's curriculum phase (--demo curriculum.fraction=0: none)
+    train_base(config, run_dir, stage)
+  else:
+    train(stage, run_dir, progress=False)
   train_seconds = time.time() - start
   row = {"name": name, "kind": kind, "overrides": overrides, "demo_overrides": demo_overrides,
          "train_seconds": round(train_seconds, 1), "steps": stage.train.num_steps}
@@ -95,7 +98,7 @@ def score_base(run_dir: Path, dataset: str, num: int, config, step: int | None =
   save_grid(run_dir / f"base_grid{suffix}.png", [up[i:i + 8] for i in range(0, 32, 8)])
   row = shapes_alignment(up, captions, "")
   keep = ("single_color", "single_shape", "single_size", "single_all", "count", "two_relation",
-          "two_all", "all")
+          "two_drawn", "two_direction", "two_all", "all")
   return {k: round(float(row[k]), 3) for k in keep}
 
 

@@ -57,17 +57,19 @@ def demo_config(overrides: list[str]):
 
 
 def train_stage(name: str, recipe: dict, dataset: Path, workdir: Path, overrides: dict,
-                progress: bool, sets: list[str] = ()) -> dict:
+                progress: bool, sets: list[str] = (), demo=None) -> dict:
   """One stage with the demo's recipe for it plus `overrides` (then `sets`, KEY=VALUE strings
-  on the stage's config); returns `train`'s summary."""
+  on the stage's config); `demo`: the shapes demo's config, whose curriculum the base stage
+  follows (`imagen_jax.demo.train_base`). Returns `train`'s summary."""
   from imagen_jax.configlib import apply_overrides
-  from imagen_jax.demo import demo_stage_config
+  from imagen_jax.demo import demo_stage_config, train_base
   from imagen_jax.train.loop import train
 
   config = demo_stage_config(name, {**recipe, **overrides}, dataset=dataset,
                              max_length=MAX_LENGTH)
   apply_overrides(config, list(sets))
-  summary = train(config, workdir, progress=progress)
+  summary = (train_base(demo, workdir, config) if demo is not None else
+             train(config, workdir, progress=progress))
   if summary["stopped"]:
     raise SystemExit("interrupted (SIGTERM); re-run to resume")
   return summary
@@ -128,7 +130,7 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
   every = max(args.base_steps // 6, 1)
   base = {**config.base.to_dict(), "train.keep_checkpoints": 8, "train.checkpoint_every": every}
   train_stage("base64", base, data.directory, workdir, {"train.num_steps": args.base_steps},
-              not args.no_progress, sets=args.base_set)
+              not args.no_progress, sets=args.base_set, demo=config)
   sr = config.sr.to_dict()
   train_stage("sr256", sr, data.directory, workdir, {"train.num_steps": args.sr_steps},
               not args.no_progress)

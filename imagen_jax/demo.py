@@ -2,7 +2,8 @@
 
   1. build the `shapes` dataset (procedural scenes, compositional captions; no download);
   2. build the embedded tiny T5 + tokenizer and encode every caption into the cache;
-  3. train a tiny base stage (text → 32 px) and a tiny super-resolution stage (32 → 64 px);
+  3. train a tiny base stage (text → 32 px; first on scenes of two large objects, then on all:
+     `config.curriculum`) and a tiny super-resolution stage (32 → 64 px);
   4. sample a grid for a fixed list of prompts through both stages and write it as PNG;
   5. score the samples: exact shapes alignment (colour, shape, size, position recovered from the
      pixels and compared with the prompt) on held-out prompts, and PSNR/SSIM of the SR stage
@@ -58,27 +59,11 @@ def _section(title: str) -> None:
 def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
   """Steps 1–2: the shapes dataset under `workdir/data` and its caption cache (embedded tiny T5);
   returns the built dataset (`.directory`, `.splits`). Reused when already there."""
-  from imagen_jax.data import build_dataset
-
   _section("1/5 dataset: shapes")
-  data = build_dataset("shapes", workdir / "data", resolution=config.data.resolution,
-                       num_train=config.data.num_train, num_test=config.data.num_test,
-                       seed=config.data.seed, p_two=config.data.p_two,
-                       shapes=tuple(config.data.shapes), sizes=tuple(config.data.sizes),
-                       relations=tuple(config.data.relations),
-                       relation_weights=tuple(config.data.relation_weights))
+  data = build_shapes(config, workdir)
   print(f"{data.directory}: {data.splits}")
 
-  pretrain = None
-  if config.text_pretrain.steps:
-    from imagen_jax.text.pretrain import shapes_reading_task
-
-    d, settings = config.data, config.text_pretrain.to_dict()
-    task = shapes_reading_task(d.p_two, tuple(d.shapes), tuple(d.sizes), tuple(d.relations),
-                               tuple(d.relation_weights), paired=settings.pop("paired"))
-    if settings["data_seed"] < 0:  # -1: `seed` (pretrain_t5's None)
-      settings["data_seed"] = None
-    pretrain = (task, {**settings, "max_length": config.text_max_length})
+  pretrain = pretrain_spec(config)
   _section("2/5 text: embedded tiny T5" + (", pretrained on the captions' language" if pretrain
                                            else "") + ", caption cache")
   encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress,
@@ -86,17 +71,94 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: Path):
   return data
 
 
+def build_shapes(config: ml_collections.ConfigDict, workdir: Path, **changes):
+  """The shapes dataset of `config.data` (with `changes` to its scenes) under `workdir/data`."""
+  from imagen_jax.data import build_dataset
+
+  d = config.data
+  kwargs = dict(resolution=d.resolution, num_train=d.num_train, num_test=d.num_test,
+                seed=d.seed, p_two=d.p_two, shapes=tuple(d.shapes), sizes=tuple(d.sizes),
+                relations=tuple(d.relations), relation_weights=tuple(d.relation_weights))
+  return build_dataset("shapes", workdir / "data", **{**kwargs, **changes})
+
+
+def pretrain_spec(config: ml_collections.ConfigDict):
+  """(task, settings) of the embedded T5's text pretraining (the scenes of `config.data`), or
+  None (`text_pretrain.steps` 0)."""
+  if not config.text_pretrain.steps:
+    return None
+  from imagen_jax.text.pretrain import shapes_reading_task
+
+  d, settings = config.data, config.text_pretrain.to_dict()
+  task = shapes_reading_task(d.p_two, tuple(d.shapes), tuple(d.sizes), tuple(d.relations),
+                             tuple(d.relation_weights), paired=settings.pop("paired"))
+  if settings["data_seed"] < 0:  # -1: `seed` (pretrain_t5's None)
+    settings["data_seed"] = None
+  return task, {**settings, "max_length": config.text_max_length}
+
+
 def encode_dataset(dataset_dir: Path, workdir: Path, max_length: int, progress: bool = True,
-                   pretrain=None) -> None:
-  """The train and test captions of a prepared dataset into `workdir`'s caption cache, with the
-  embedded tiny T5 (built in `workdir/text` from the train captions on first use; `pretrain`:
-  see `imagen_jax.text.default.build_default_t5`)."""
+                   pretrain=None, cache_dir: str | None = None) -> None:
+  """The train and test captions of a prepared dataset into `workdir`'s caption cache (or
+  `cache_dir`), with the embedded tiny T5 (built in `workdir/text` from the train captions on
+  first use; `pretrain`: see `imagen_jax.text.default.build_default_t5`)."""
   from imagen_jax.text.encode import run_encode
 
   text = load_config(str(CONFIGS_DIR / "text.py"))
   apply_overrides(text, [f"data.captions=tfds:{dataset_dir}", "data.splits=train,test",
-                         f"text.max_length={max_length}"])
+                         f"text.max_length={max_length}"]
+                  + ([f"text.cache_dir={cache_dir}"] if cache_dir else []))
   run_encode(text, workdir, progress=progress, pretrain=pretrain)
+
+
+CURRICULUM_CACHE = "{workdir}/curriculum_cache"
+
+
+def curriculum_stage(config: ml_collections.ConfigDict, workdir: Path,
+                     base: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """The first phase of the base stage `base` (`config.curriculum`), or None (`fraction` 0):
+  `base` itself for the first `fraction` of its steps, on easier scenes — by default two large
+  objects in every scene — with `curriculum.base`'s overrides (the high-noise band, where a
+  layout is decided), their captions encoded by the same T5 into their own cache; `base` then
+  continues from its checkpoint on the demo's scenes. Small objects are what keep the full
+  task from learning where each object goes (RESULTS, issue 17 §16–17): two large objects sit
+  in their own halves, there the relation is learnt in 2000 steps, and it carries over to small
+  ones."""
+  cur = config.curriculum
+  if not 0 <= cur.fraction < 1:
+    raise ValueError(f"curriculum.fraction {cur.fraction}: the share of the base steps spent on "
+                     "the easier scenes, in [0, 1) (0: no curriculum)")
+  steps = int(round(cur.fraction * base.train.num_steps))
+  if not steps:
+    return None
+  data = build_shapes(config, workdir, p_two=cur.p_two, shapes=tuple(cur.shapes),
+                      sizes=tuple(cur.sizes), num_test=cur.num_test)
+  encode_dataset(data.directory, workdir, config.text_max_length, progress=config.progress,
+                 pretrain=pretrain_spec(config), cache_dir=CURRICULUM_CACHE)
+  first = ml_collections.ConfigDict(base.to_dict())  # the same stage: model, optimizer, ...
+  changes = {**flatten(cur.base.to_dict()), "data.dataset": str(data.directory),
+             "text.cache_dir": CURRICULUM_CACHE,
+             "train.num_steps": steps}  # its own learning-rate schedule; `base` resumes on its own
+  return apply_overrides(first, [f"{k}={v}" for k, v in changes.items()])
+
+
+def train_base(config: ml_collections.ConfigDict, workdir: Path,
+               base: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The base stage `base` trained in `workdir`, after the curriculum's first phase
+  (`curriculum_stage`; skipped when a checkpoint is already past it). Returns `train`'s summary
+  of the last phase trained."""
+  from imagen_jax.train.loop import train
+
+  first = curriculum_stage(config, workdir, base)
+  if first is not None and _latest_step(workdir / base.stage) < first.train.num_steps:
+    cur = config.curriculum
+    print(f"[curriculum] base steps 1–{first.train.num_steps} of {base.train.num_steps} on "
+          f"scenes of {' and '.join(cur.sizes)} objects ({cur.p_two:.0%} with two), with "
+          f"{flatten(cur.base.to_dict())}; then the demo's scenes", flush=True)
+    summary = train(first, workdir, progress=config.progress)
+    if summary["stopped"]:
+      return summary
+  return train(base, workdir, progress=config.progress)
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -113,7 +175,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   base = demo_stage_config("base64", config.base.to_dict(), **machine)
   if not base.train.num_steps:
     base.train.num_steps = size_base_training(config.budget, base, workdir, time.time() - t0)
-  if train(base, workdir, progress=config.progress)["stopped"]:
+  if train_base(config, workdir, base)["stopped"]:
     raise SystemExit("demo interrupted (SIGTERM) during base training; re-run to resume")
   _section(f"3/5 train the super-resolution stage ({config.sr.lowres_resolution} → {config.sr.resolution} px)")
   sr = demo_stage_config("sr256", config.sr.to_dict(), **machine)
@@ -144,6 +206,19 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   return metrics
 
 
+def _latest_step(stage_dir: Path) -> int:
+  """The newest checkpoint's step of a stage (0: none yet)."""
+  from imagen_jax.train.checkpoint import Checkpointer
+
+  if not (stage_dir / "checkpoints").exists():
+    return 0
+  with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
+    return ckpt.latest_step() or 0
+
+
+BUDGET_RECORD = "base_budget.json"  # the base step count the budget chose (all phases)
+
+
 def budget_base_steps(budget: ml_collections.ConfigDict, *, elapsed_s: float,
                       step_s: float) -> int:
   """How many base steps fit the demo's time budget: the minutes left after `elapsed_s` divided
@@ -164,9 +239,12 @@ def size_base_training(budget: ml_collections.ConfigDict, base: ml_collections.C
   the base train step timed here (`measure_step_seconds`). Shape and size are learnt late
   (RESULTS, issue 17 §7: shape 0.51 at 3000 steps, 0.91 at 6000), so a faster machine spends
   its spare minutes on base steps."""
+  from imagen_jax.text.cache import write_json_atomic
   from imagen_jax.train.loop import measure_step_seconds
 
-  recorded = workdir / base.stage / "config.json"
+  recorded = workdir / BUDGET_RECORD
+  if not recorded.exists():  # a workdir from before the record (its run had one phase)
+    recorded = workdir / base.stage / "config.json"
   if recorded.exists():
     steps = json.loads(recorded.read_text()).get("train", {}).get("num_steps")
     if steps:
@@ -178,6 +256,8 @@ def size_base_training(budget: ml_collections.ConfigDict, base: ml_collections.C
   timed = measure_step_seconds(probe)
   elapsed_s += timed["compile_s"] + 25 * timed["step_s"]
   steps = budget_base_steps(budget, elapsed_s=elapsed_s, step_s=timed["step_s"])
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(workdir / BUDGET_RECORD, {"train": {"num_steps": steps}})
   capped = (" (the most it takes)" if steps == budget.max_base_steps else
             " (the least it takes: this machine may need more than the budget)"
             if steps == budget.min_base_steps else "")

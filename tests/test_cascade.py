@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def demo_config():
   """The demo's quick variant with 4 more base and 2 more SR steps and checkpoints on the way
-  (every 4 and 2 steps), so that a copy can be resumed from steps 12 and 4 (issue 21's test).
+  (every 4 and 2 steps), so that a copy can be resumed from steps 12 and 4 (issue 21's test);
+  the curriculum's first phase is half of the base steps.
   The base step count is left to the time budget, as in the full demo (timed here, then bounded
   to exactly 16 so that the tests sampling from it see one fixed stage)."""
   config = load_config(str(CONFIGS / "demo.py:quick"))
@@ -28,6 +29,7 @@ def demo_config():
   config.base.train.update(num_steps=0, checkpoint_every=4)
   config.budget.update(min_base_steps=16, max_base_steps=16)
   config.sr.train.update(num_steps=6, checkpoint_every=2)
+  config.curriculum.fraction = 0.5  # base steps 1–8 on the curriculum's scenes, 9–16 on all
   return config
 
 
@@ -45,6 +47,18 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert metrics["base_steps"] == 16 and metrics["sr_steps"] == 6
   recorded = json.loads((workdir / "base64" / "config.json").read_text())
   assert recorded["train"]["num_steps"] == 16
+  # the budget's count is kept for a re-run (all phases), not the curriculum phase's
+  assert json.loads((workdir / "base_budget.json").read_text())["train"]["num_steps"] == 16
+  # the curriculum: steps 1–8 on scenes of two large objects (with the high-noise band, their
+  # own caption cache), 9–16 on the demo's scenes — as each checkpoint's config records it
+  ran = {step: json.loads((workdir / "base64" / "checkpoints" / str(step) / "config" /
+                           "metadata").read_text()) for step in (8, 16)}
+  assert ran[8]["text"]["cache_dir"] == "{workdir}/curriculum_cache"
+  assert ran[8]["data"]["dataset"].endswith("_p1_sizes-large/1.0.0")
+  assert ran[8]["diffusion"]["high_noise_fraction"] == 0.5 and ran[8]["train"]["num_steps"] == 8
+  assert ran[16]["text"]["cache_dir"] == "" and ran[16]["data"] == recorded["data"]
+  assert ran[16]["diffusion"]["high_noise_fraction"] == 0.0
+  assert "_p1_" not in ran[16]["data"]["dataset"]
   # the embedded T5 was pretrained on the captions' language first (the quick variant: 20 steps)
   from imagen_jax.text.pretrain import read_record
   pretraining = read_record(workdir / "text" / "default_t5")
@@ -59,6 +73,18 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert {"single_color", "single_shape", "single_size", "two_relation"} <= set(
       saved["final_alignment"])
   assert saved["bicubic_psnr"] > 20 and saved["bicubic_align_all"] >= 0.9
+
+
+def test_curriculum_fraction_is_checked(tmp_path):
+  from imagen_jax.demo import curriculum_stage
+
+  config = demo_config()
+  config.curriculum.fraction = 1.0
+  base = load_config(str(CONFIGS / "base64.py:tiny"))
+  with pytest.raises(ValueError, match=r"curriculum.fraction 1.0: .* in \[0, 1\)"):
+    curriculum_stage(config, tmp_path, base)
+  config.curriculum.fraction = 0.0
+  assert curriculum_stage(config, tmp_path, base) is None and not any(tmp_path.iterdir())
 
 
 def test_demo_budget_gives_a_faster_machine_more_base_steps():
@@ -324,7 +350,8 @@ def test_moved_workdir_resumes_exactly_reencodes_nothing_samples_and_evaluates(
   capsys.readouterr()
   run_demo(demo_config(), relative)
   out = capsys.readouterr().out
-  assert out.count("already complete") == 2, "the moved cache must be reused, not re-encoded"
+  # both splits of the demo's captions and of the curriculum's: reused, not re-encoded
+  assert out.count("already complete") == 4, "the moved cache must be reused, not re-encoded"
   assert "[base64] resumed from step 12" in out and "[sr256] resumed from step 4" in out
   # the base step count is the one the run was started with, not timed again
   assert "[budget] base stage: 16 steps, as this workdir's run was started" in out
