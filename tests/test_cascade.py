@@ -1,5 +1,7 @@
 """The cascade end to end: the quick demo, `imagen-jax sample` / `upscale`, the Python API."""
 
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -37,8 +39,10 @@ def demo_config():
 def demo_workdir(tmp_path_factory):
   """The demo's quick variant: dataset, tiny T5, cache, both stages (a few steps), grid, eval."""
   workdir = tmp_path_factory.mktemp("demo")
-  metrics = run_demo(demo_config(), workdir)
-  return workdir, metrics
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    metrics = run_demo(demo_config(), workdir)
+  print(out.getvalue())
+  return workdir, {**metrics, "log": out.getvalue()}
 
 
 def test_quick_demo_writes_grid_and_metrics(demo_workdir):
@@ -59,6 +63,9 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert ran[16]["text"]["cache_dir"] == "" and ran[16]["data"] == recorded["data"]
   assert ran[16]["diffusion"]["high_noise_fraction"] == 0.0
   assert "_p1_" not in ran[16]["data"]["dataset"]
+  # phase two continued phase one's checkpoint, not the old data's iterator state
+  assert "[base64] resumed from step 8, on other data than it was trained on so far" in (
+      metrics["log"])
   # the embedded T5 was pretrained on the captions' language first (the quick variant: 20 steps)
   from imagen_jax.text.pretrain import read_record
   pretraining = read_record(workdir / "text" / "default_t5")
