@@ -137,8 +137,8 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
   rows: list[dict] = []
   sample = config.sample
   opts = lambda w, kind="static", level=None: {
-      n: SamplingOptions(w, "dpmpp_2m", 25, kind, aug_level=level) for n in ("base64", "sr256",
-                                                                             "sr256_noaug")}
+      n: SamplingOptions(w, sample.sampler, sample.num_steps, kind, aug_level=level)
+      for n in ("base64", "sr256", "sr256_noaug")}
 
   # alignment of the final images vs training step, and the demo prompts at each checkpoint
   captions, real = read_split(str(data.directory), "test", args.num)
@@ -161,7 +161,8 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
 
   cascade = cascade_at(workdir, ["base64", "sr256"])
   for row in evaluate_cascade(cascade, str(data.directory), num=args.num, guidance=args.guidance,
-                              thresholding=args.thresholding, steps=25, seed=1):
+                              thresholding=args.thresholding, steps=sample.num_steps, seed=1,
+                              sampler=sample.sampler):
     rows.append({"table": "guidance" if "guidance" in row else "sr", **row})
 
   # noise conditioning augmentation on vs off (SR)

@@ -125,9 +125,7 @@ def curriculum_stage(config: ml_collections.ConfigDict, workdir: Path,
   in their own halves, there the relation is learnt in 2000 steps, and it carries over to small
   ones."""
   cur = config.curriculum
-  if not 0 <= cur.fraction < 1:
-    raise ValueError(f"curriculum.fraction {cur.fraction}: the share of the base steps spent on "
-                     "the easier scenes, in [0, 1) (0: no curriculum)")
+  _check_curriculum(cur)
   steps = int(round(cur.fraction * base.train.num_steps))
   if not steps:
     return None
@@ -140,6 +138,25 @@ def curriculum_stage(config: ml_collections.ConfigDict, workdir: Path,
              "text.cache_dir": CURRICULUM_CACHE,
              "train.num_steps": steps}  # its own learning-rate schedule; `base` resumes on its own
   return apply_overrides(first, [f"{k}={v}" for k, v in changes.items()])
+
+
+def _check_curriculum(cur: ml_collections.ConfigDict) -> None:
+  if not 0 <= cur.fraction < 1:
+    raise ValueError(f"curriculum.fraction {cur.fraction}: the share of the base steps spent on "
+                     "the easier scenes, in [0, 1) (0: no curriculum)")
+
+
+def check_demo_config(config: ml_collections.ConfigDict) -> None:
+  """What the demo would otherwise reject only after minutes of training — its sampling settings
+  and its curriculum — checked before anything runs: a ValueError naming the field."""
+  from imagen_jax.cascade import SamplingOptions
+
+  s = config.sample
+  try:
+    SamplingOptions(s.guidance_weight, s.sampler, s.num_steps, s.thresholding).sampler_config()
+  except ValueError as e:
+    raise ValueError(f"config.sample: {e}") from None
+  _check_curriculum(config.curriculum)
 
 
 def train_base(config: ml_collections.ConfigDict, workdir: Path,
@@ -167,6 +184,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   from imagen_jax.train.loop import train
   from imagen_jax.train.metrics import make_grid
 
+  check_demo_config(config)
   workdir = Path(workdir)
   t0 = time.time()
   data = prepare_inputs(config, workdir)
@@ -184,7 +202,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
   _section("4/5 sample the cascade")
   cascade = load_cascade(workdir, ["base64", "sr256"])
-  opts = {s.name: SamplingOptions(config.sample.guidance_weight, "dpmpp_2m",
+  opts = {s.name: SamplingOptions(config.sample.guidance_weight, config.sample.sampler,
                                   config.sample.num_steps, config.sample.thresholding)
           for s in cascade.stages}
   prompts = list(config.sample.prompts)
@@ -196,7 +214,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
   _section("5/5 evaluate")
   metrics = {"prompts": prompts, "minutes": None, "base_steps": base.train.num_steps,
-             "sr_steps": sr.train.num_steps}
+             "sr_steps": sr.train.num_steps,
+             "sampling": {k: config.sample[k] for k in ("sampler", "num_steps",
+                                                         "guidance_weight", "thresholding")}}
   metrics.update(_evaluate(cascade, data.directory, config))
   metrics["minutes"] = round((time.time() - t0) / 60, 2)
   (workdir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -294,7 +314,8 @@ def _evaluate(cascade, dataset_dir: Path, config: ml_collections.ConfigDict) -> 
   sample = config.sample
   rows = evaluate_cascade(cascade, str(dataset_dir), split="test", num=config.eval.num_prompts,
                           guidance=[sample.guidance_weight], thresholding=[sample.thresholding],
-                          steps=sample.num_steps, seed=sample.seed + 1)
+                          steps=sample.num_steps, seed=sample.seed + 1,
+                          sampler=sample.sampler)
   captions, real = read_split(str(dataset_dir), "test", config.eval.num_prompts)
   real_hi = image_ops.signed_batch(real, cascade.stages[-1].resolution)
   cascade_row, sr = rows[0], rows[-1]

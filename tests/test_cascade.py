@@ -80,6 +80,9 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert {"single_color", "single_shape", "single_size", "two_relation"} <= set(
       saved["final_alignment"])
   assert saved["bicubic_psnr"] > 20 and saved["bicubic_align_all"] >= 0.9
+  # what sampled the grid and the scored images
+  assert saved["sampling"] == {"sampler": "dpmpp_2m_sde", "num_steps": 5, "guidance_weight": 3.0,
+                               "thresholding": "static"}
 
 
 def test_curriculum_fraction_is_checked(tmp_path):
@@ -92,6 +95,20 @@ def test_curriculum_fraction_is_checked(tmp_path):
     curriculum_stage(config, tmp_path, base)
   config.curriculum.fraction = 0.0
   assert curriculum_stage(config, tmp_path, base) is None and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.sample.sampler=euler", "config.sample: unknown sampler 'euler'"),
+    ("--config.sample.thresholding=p99", "config.sample: unknown thresholding 'p99'"),
+    ("--config.curriculum.fraction=1.5", "curriculum.fraction 1.5"),
+])
+def test_demo_rejects_bad_settings_before_it_trains(tmp_path, capsys, override, message):
+  """Sampling settings are first used after training: the demo checks them (and its curriculum)
+  before it builds anything, a one-line error with exit code 2."""
+  workdir = tmp_path / "w"
+  assert cli.main(["demo", "--config", str(CONFIGS / "demo.py:quick"), override,
+                   "--workdir", str(workdir)]) == 2
+  assert message in capsys.readouterr().err and not workdir.exists()
 
 
 def test_demo_budget_gives_a_faster_machine_more_base_steps():

@@ -44,8 +44,12 @@ def _run_toy(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _run_demo(args: argparse.Namespace, overrides: list[str]) -> int:
   config = load_run_config(args.config or default_config("demo.py"), overrides)
-  from imagen_jax.demo import run_demo
+  from imagen_jax.demo import check_demo_config, run_demo
 
+  try:
+    check_demo_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   run_demo(config, args.workdir)
   return 0
 
