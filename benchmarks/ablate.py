@@ -5,12 +5,14 @@
     python -m benchmarks.ablate sr --root runs/ablate --name no_residual \\
         --set model.lowres_residual=false --set train.num_steps=1500
     python -m benchmarks.ablate report --root runs/ablate          # every run so far, one table
+    python -m benchmarks.ablate score --root runs/ablate --name width48 \
+        --demo sample.sampler=dpmpp_2m --split train --seed 2      # a run scored again, no training
 
 Every run shares the demo's dataset and caption cache (`<root>/shared`, built once by the demo's
 own `prepare_inputs`) and trains the stage exactly as `imagen-jax demo` does — configs/demo.py's
 recipe for it — plus the `--set` overrides, in `<root>/<name>/`. Then:
-  base — the stage samples the held-out test captions (DPM-Solver++ 25 steps, guidance 3, static
-         thresholding, as the demo); its 32 px images are bicubic-upsampled to 64 px (where the
+  base — the stage samples the held-out test captions as the demo does (`sample` in
+         configs/demo.py: SDE-DPM-Solver++ 25 steps, guidance 3, static thresholding); its 32 px images are bicubic-upsampled to 64 px (where the
          exact scorer reads real images 100% right) and scored, split into one-object
          (colour/shape/size/all) and two-object (relation/all) captions;
   sr   — the stage upsamples the real 32 px test images (unguided, aug level 0): PSNR/SSIM
@@ -83,19 +85,23 @@ def run(kind: str, root: Path, name: str, overrides: list[str], demo_overrides: 
   return row
 
 
-def score_base(run_dir: Path, dataset: str, num: int, config, step: int | None = None) -> dict:
+def score_base(run_dir: Path, dataset: str, num: int, config, step: int | None = None, *,
+               split: str = "test", seed: int = 1, grid: str | None = None) -> dict:
+  """The base stage of `run_dir` (its newest checkpoint, or `step`) scored on the first `num`
+  captions of `split`, sampled as `config.sample` says with sampling seed `seed`; the first 32
+  samples' grid goes to `grid` (default `base_grid[_step].png`) in the run's folder."""
   from imagen_jax.cascade import SamplingOptions
   from imagen_jax.data import images as image_ops
   from imagen_jax.eval.run import read_split, shapes_alignment
 
   cascade = cascade_at(run_dir, ["base64"], {"base64": step})
   suffix = "" if step is None else f"_{step}"
-  captions, _ = read_split(dataset, "test", num)
-  opts = {"base64": SamplingOptions(config.sample.guidance_weight, "dpmpp_2m",
+  captions, _ = read_split(dataset, split, num)
+  opts = {"base64": SamplingOptions(config.sample.guidance_weight, config.sample.sampler,
                                     config.sample.num_steps, config.sample.thresholding)}
-  images = cascade.sample(captions, seed=1, options=opts)["base64"]
+  images = cascade.sample(captions, seed=seed, options=opts)["base64"]
   up = image_ops.bicubic_upsample(images, 64)
-  save_grid(run_dir / f"base_grid{suffix}.png", [up[i:i + 8] for i in range(0, 32, 8)])
+  save_grid(run_dir / (grid or f"base_grid{suffix}.png"), [up[i:i + 8] for i in range(0, 32, 8)])
   row = shapes_alignment(up, captions, "")
   keep = ("single_color", "single_shape", "single_size", "single_all", "count", "two_relation",
           "two_drawn", "two_direction", "two_all", "all")
@@ -125,6 +131,22 @@ def score_sr(run_dir: Path, dataset: str, num: int, config=None, step: int | Non
           "bicubic_ssim": round(float(ssim(bicubic, real_hi)), 3)}
 
 
+def rescore(root: Path, name: str, demo_overrides: list[str], num: int, split: str,
+            seed: int) -> dict:
+  """A trained base run scored again without training — with other sampling settings
+  (`--demo sample.sampler=...`), on another split or sampling seed; its ablation.json is kept."""
+  config, dataset = prepare(root, demo_overrides)
+  run_dir = root / name
+  if not (run_dir / STAGES["base"] / "checkpoints").exists():
+    raise SystemExit(f"{run_dir} has no trained base stage: run `ablate base --name {name}` first")
+  s = config.sample
+  tag = f"{s.sampler}_{s.num_steps}_w{s.guidance_weight:g}_{s.thresholding}_{split}_seed{seed}"
+  row = {"name": name, "sampling": tag, "num": num}
+  row.update(score_base(run_dir, str(dataset), num, config, split=split, seed=seed,
+                        grid=f"score_grid_{tag}.png"))
+  return row
+
+
 def report(root: Path) -> str:
   rows = [json.loads(p.read_text()) for p in sorted(root.glob("*/ablation.json"),
                                                     key=lambda p: p.stat().st_mtime)]
@@ -146,7 +168,7 @@ def report(root: Path) -> str:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("kind", choices=("base", "sr", "report"))
+  parser.add_argument("kind", choices=("base", "sr", "score", "report"))
   parser.add_argument("--root", required=True, type=Path)
   parser.add_argument("--name", help="the run's folder under --root")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -155,6 +177,10 @@ def main(argv=None) -> None:
                       help="override of configs/demo.py (its data group: all runs under one "
                            "--root must agree)")
   parser.add_argument("--num", type=int, default=200, help="held-out test examples scored")
+  parser.add_argument("--split", default="test",
+                      help="score: the split whose captions are sampled (train: to choose "
+                           "sampling settings on prompts apart from the test split)")
+  parser.add_argument("--seed", type=int, default=1, help="score: the sampling seed")
   parser.add_argument("--curve", action="store_true",
                       help="also score every kept checkpoint (set train.keep_checkpoints)")
   args = parser.parse_args(argv)
@@ -162,7 +188,11 @@ def main(argv=None) -> None:
     print(report(args.root))
     return
   if not args.name:
-    parser.error("--name is required for a run")
+    parser.error(f"--name is required for {args.kind!r}")
+  if args.kind == "score":
+    print(json.dumps(rescore(args.root, args.name, args.demo, args.num, args.split, args.seed),
+                     indent=2))
+    return
   row = run(args.kind, args.root, args.name, args.set, args.demo, args.num, args.curve)
   print(json.dumps(row, indent=2))
 
