@@ -1,5 +1,6 @@
 """The TFDS builders of imagen_jax.data, built tiny into tmp_path (no TensorFlow, no network)."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,17 @@ def test_shapes_builder_splits_features_and_determinism(shapes_dir, tmp_path):
   assert by_id(again.directory) == by_id(shapes_dir)
   assert by_id(other.directory) != by_id(shapes_dir)
   assert again.splits == {"train": 40, "test": 8}
+
+
+def test_building_a_dataset_logs_no_custom_config_warning(shapes_dir, caplog):
+  """TFDS warns "Using custom data configuration" for each of our configs (none is predefined) on
+  every run — the demo printed it for each dataset; the builder silences it, and only it."""
+  data_dir = shapes_dir.parents[2]  # <data_dir>/shapes/<config>/<version>
+  with caplog.at_level(logging.WARNING):
+    build_dataset("shapes", data_dir, resolution=48, num_train=40, num_test=8, seed=3)
+    assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
+    logging.getLogger("absl").warning("Using custom data configuration: after the build")
+  assert [r for r in caplog.records if "after the build" in r.getMessage()]
 
 
 def test_shapes_ground_truth_matches_pixels(shapes_dir):

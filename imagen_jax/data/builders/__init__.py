@@ -67,7 +67,18 @@ def make_builder(name: str, data_dir: str | os.PathLike,
     if dataclasses.asdict(registered) != dataclasses.asdict(config):
       raise ValueError(f"dataset {name!r}: config {config.name!r} differs from the predefined one")
     config = registered
-  return cls(data_dir=str(data_dir), config=config, file_format="array_record")
+  # TFDS warns "Using custom data configuration: <the whole config>" for every config it has not
+  # predefined — every dataset we build, on every run: a warning that asks nothing of the user.
+  absl = logging.getLogger("absl")
+  absl.addFilter(_drop_custom_config_notice)
+  try:
+    return cls(data_dir=str(data_dir), config=config, file_format="array_record")
+  finally:
+    absl.removeFilter(_drop_custom_config_notice)
+
+
+def _drop_custom_config_notice(record: logging.LogRecord) -> bool:
+  return not str(record.msg).startswith("Using custom data configuration")
 
 
 def build_dataset(name: str, data_dir: str | os.PathLike, *, overwrite: bool = False,
