@@ -5,15 +5,16 @@
     python -m benchmarks.ablate sr --root runs/ablate --name no_residual \\
         --set model.lowres_residual=false --set train.num_steps=1500
     python -m benchmarks.ablate report --root runs/ablate          # every run so far, one table
-    python -m benchmarks.ablate score --root runs/ablate --name width48 \
+    python -m benchmarks.ablate score --root runs/ablate --name width48 \\
         --demo sample.sampler=dpmpp_2m --split train --seed 2      # a run scored again, no training
 
 Every run shares the demo's dataset and caption cache (`<root>/shared`, built once by the demo's
 own `prepare_inputs`) and trains the stage exactly as `imagen-jax demo` does — configs/demo.py's
 recipe for it — plus the `--set` overrides, in `<root>/<name>/`. Then:
   base — the stage samples the held-out test captions as the demo does (`sample` in
-         configs/demo.py: SDE-DPM-Solver++ 25 steps, guidance 3, static thresholding); its 32 px images are bicubic-upsampled to 64 px (where the
-         exact scorer reads real images 100% right) and scored, split into one-object
+         configs/demo.py: SDE-DPM-Solver++ 25 steps, guidance 3, static thresholding); its 32 px
+         images are bicubic-upsampled to 64 px (where the exact scorer reads real images 100%
+         right) and scored, split into one-object
          (colour/shape/size/all) and two-object (relation/all) captions;
   sr   — the stage upsamples the real 32 px test images (unguided, aug level 0): PSNR/SSIM
          against the real 64 px images and the scorer's all-attributes rate, bicubic beside it.

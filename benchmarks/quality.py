@@ -13,7 +13,8 @@ its data or text pretraining, `--base-set KEY=VALUE` the base stage's); runs res
 (re-running reuses data, caches, checkpoints). Each prints markdown tables, writes them to
 `<workdir>/quality_<kind>.json`, and writes PNGs (plots and sample grids) to `<workdir>/plots/`.
 
-`shapes` — the demo cascade trained longer, then, on held-out test captions:
+`shapes` — the demo cascade trained longer (its curriculum included), then, on held-out test
+captions, sampled as the demo samples (`sample` in configs/demo.py: the sampler and its steps):
   * alignment of the cascade's **final** 64 px images (the exact scorer) vs training step, at every
     kept base checkpoint (`curve_alignment.png`, and the demo prompts' grid at each checkpoint);
   * the guidance-weight sweep × static/dynamic thresholding (Imagen's claims: guidance trades

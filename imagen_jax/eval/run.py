@@ -67,7 +67,8 @@ def evaluate_cascade(cascade: Cascade, dataset: str, *, split: str = "test", num
   the SR outputs. The SR stages of the cascade rows are guided by `sr_guidance_cascade` (None: the
   row's weight). Fashion-MNIST: the base stage's classifier accuracy and Fréchet distance.
   `aug_level` overrides the SR stages' sampling noise-augmentation level; `sampler` ('ddpm',
-  'ddim', 'dpmpp_2m', 'dpmpp_2m_sde') and `steps` apply to every stage; `sr_rows=False` skips the SR rows."""
+  'ddim', 'dpmpp_2m', 'dpmpp_2m_sde') and `steps` apply to every stage; `sr_rows=False` skips the
+  SR rows."""
   from imagen_jax.eval.metrics import psnr, ssim
 
   captions, real = read_split(dataset, split, num)
