@@ -180,7 +180,7 @@ def table_text(workdir: Path, dataset: str, num: int, checkpoints: list[int] | N
   from imagen_jax.diffusion import diffuse, stage_schedule
   from imagen_jax.eval import diagnose
   from imagen_jax.models.unet import UNetDenoiser, null_text
-  from imagen_jax.train.checkpoint import Checkpointer
+  from imagen_jax.train.checkpoint import stage_checkpoint_steps
 
   stage_dir = next(d for d in stage_dirs(workdir) if not read_stage_config(d).lowres_resolution)
   cascade = load_cascade(workdir, [stage_dir.name])
@@ -209,8 +209,7 @@ def table_text(workdir: Path, dataset: str, num: int, checkpoints: list[int] | N
   prediction = base.config.diffusion.prediction
   noise = jax.random.normal(jax.random.key(0), x0.shape)
   if checkpoints is None:
-    with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
-      checkpoints = [int(s) for s in ckpt.all_steps()]
+    checkpoints = stage_checkpoint_steps(stage_dir)
   curves = {}
   print(f"\n### What the base stage reads from a caption ({len(captions)} two-object {split} scenes "
         f"with two colours; one-step x̂₀ MSE, clipped)\n")

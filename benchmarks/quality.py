@@ -77,10 +77,9 @@ def train_stage(name: str, recipe: dict, dataset: Path, workdir: Path, overrides
 
 
 def checkpoint_steps(stage_dir: Path) -> list[int]:
-  from imagen_jax.train.checkpoint import Checkpointer
+  from imagen_jax.train.checkpoint import stage_checkpoint_steps
 
-  with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
-    return sorted(ckpt.all_steps())
+  return stage_checkpoint_steps(stage_dir)
 
 
 def cascade_at(workdir: Path, names: list[str], steps: dict[str, int] | None = None):

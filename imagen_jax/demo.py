@@ -164,10 +164,12 @@ def train_base(config: ml_collections.ConfigDict, workdir: Path,
   """The base stage `base` trained in `workdir`, after the curriculum's first phase
   (`curriculum_stage`; skipped when a checkpoint is already past it). Returns `train`'s summary
   of the last phase trained."""
+  from imagen_jax.train.checkpoint import stage_checkpoint_steps
   from imagen_jax.train.loop import train
 
   first = curriculum_stage(config, workdir, base)
-  if first is not None and _latest_step(workdir / base.stage) < first.train.num_steps:
+  done = max(stage_checkpoint_steps(workdir / base.stage), default=0)
+  if first is not None and done < first.train.num_steps:
     cur = config.curriculum
     print(f"[curriculum] base steps 1–{first.train.num_steps} of {base.train.num_steps} on "
           f"scenes of {' and '.join(cur.sizes)} objects ({cur.p_two:.0%} with two), with "
@@ -224,16 +226,6 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   print(f"\ngrid: {grid_path}\nmetrics: {workdir / 'demo_metrics.json'} "
         f"(total {metrics['minutes']} min)")
   return metrics
-
-
-def _latest_step(stage_dir: Path) -> int:
-  """The newest checkpoint's step of a stage (0: none yet)."""
-  from imagen_jax.train.checkpoint import Checkpointer
-
-  if not (stage_dir / "checkpoints").exists():
-    return 0
-  with Checkpointer(stage_dir / "checkpoints", read_only=True) as ckpt:
-    return ckpt.latest_step() or 0
 
 
 BUDGET_RECORD = "base_budget.json"  # the base step count the budget chose (all phases)

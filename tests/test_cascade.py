@@ -64,8 +64,14 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert ran[16]["diffusion"]["high_noise_fraction"] == 0.0
   assert "_p1_" not in ran[16]["data"]["dataset"]
   # phase two continued phase one's checkpoint, not the old data's iterator state
-  assert "[base64] resumed from step 8, on other data than it was trained on so far" in (
-      metrics["log"])
+  line = next(l for l in metrics["log"].splitlines() if "resumed from step 8" in l)
+  assert line.startswith("[base64] resumed from step 8, on other data than it was trained on so "
+                         "far (dataset ") and "caption cache {workdir}/curriculum_cache → " in line
+  # what the curriculum's skip is decided on: the stage's checkpointed steps (none: [])
+  from imagen_jax.train.checkpoint import stage_checkpoint_steps
+  assert {8, 16} <= set(stage_checkpoint_steps(workdir / "base64"))
+  assert stage_checkpoint_steps(workdir / "base64")[-1] == 16
+  assert stage_checkpoint_steps(workdir / "no_such_stage") == []
   # the embedded T5 was pretrained on the captions' language first (the quick variant: 20 steps)
   from imagen_jax.text.pretrain import read_record
   pretraining = read_record(workdir / "text" / "default_t5")

@@ -257,10 +257,10 @@ def relation_parts(scores: Sequence[ImageScore]) -> dict[str, float]:
   that displacement dominates (chance: 0.5). NaN where there is nothing to rate."""
   pairs = [s for s in scores if s.spec.relation is not None]
   drawn = [s for s in pairs if None not in s.matched]
-  rate = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
-  return {"drawn": rate([None not in s.matched for s in pairs]),
-          "direction": rate([_displacement(s.matched[0].center, s.matched[1].center,
-                                           s.spec.relation)[0] > 0 for s in drawn])}
+  ahead = [_displacement(s.matched[0].center, s.matched[1].center, s.spec.relation)[0] > 0
+           for s in drawn]
+  return {"drawn": len(drawn) / len(pairs) if pairs else float("nan"),
+          "direction": float(np.mean(ahead)) if ahead else float("nan")}
 
 
 def _attributes(spec: ObjectSpec, det: Detection | None) -> dict[str, bool]:

@@ -331,6 +331,16 @@ class Checkpointer:
     self.close()
 
 
+def stage_checkpoint_steps(stage_dir: str | os.PathLike) -> list[int]:
+  """The checkpointed steps of a stage's workdir (`<stage_dir>/checkpoints`), ascending; [] when
+  it has none yet. Read only: nothing is created."""
+  directory = os.path.join(stage_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  with Checkpointer(directory, read_only=True) as ckpt:
+    return sorted(int(s) for s in ckpt.all_steps())
+
+
 def _short(error: BaseException, limit: int = 300) -> str:
   """One line of an exception message (tensorstore's are long)."""
   text = " ".join(str(error).split())

@@ -365,14 +365,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: b
     restored = ckpt.restore(target)  # before any initialisation: IF's weights are read only once
     if restored is not None:
       state, start = restored.state, restored.step
-      before = _data_source(restored.config)
-      if before == _data_source(config_dict):
+      before, now = _data_source(restored.config), _data_source(config_dict)
+      if before == now:
         iterator.set_state(restored.data_state)
         print(f"[{config.stage}] resumed from step {start}")
       else:  # a curriculum's next phase, or fine-tuning on new data: its own order from the start
+        changed = ", ".join(f"{name} {a} → {b}" for name, a, b in
+                            zip(("dataset", "split", "caption cache"), before, now) if a != b)
         print(f"[{config.stage}] resumed from step {start}, on other data than it was trained "
-              f"on so far ({before[0]} → {config_dict['data']['dataset']}): the new data's "
-              "order starts from its beginning")
+              f"on so far ({changed}): the new data's order starts from its beginning")
     else:
       state = program.initial_state(tc.seed, mesh, rules, shardings)
       if is_if:
