@@ -162,11 +162,16 @@ def check_demo_config(config: ml_collections.ConfigDict) -> None:
 def train_base(config: ml_collections.ConfigDict, workdir: Path,
                base: ml_collections.ConfigDict) -> dict[str, Any]:
   """The base stage `base` trained in `workdir`, after the curriculum's first phase
-  (`curriculum_stage`; skipped when a checkpoint is already past it). Returns `train`'s summary
-  of the last phase trained."""
+  (`curriculum_stage`; skipped when a checkpoint is already past it). Its step count is recorded
+  (`BUDGET_RECORD`) so that a re-run leaving the count to the budget resumes this run. Returns
+  `train`'s summary of the last phase trained."""
   from imagen_jax.train.checkpoint import stage_checkpoint_steps
   from imagen_jax.train.loop import train
 
+  from imagen_jax.text.cache import write_json_atomic
+
+  workdir.mkdir(parents=True, exist_ok=True)  # a re-run resumes this count, whoever chose it
+  write_json_atomic(workdir / BUDGET_RECORD, {"train": {"num_steps": base.train.num_steps}})
   first = curriculum_stage(config, workdir, base)
   done = max(stage_checkpoint_steps(workdir / base.stage), default=0)
   if first is not None and done < first.train.num_steps:
@@ -258,7 +263,10 @@ def size_base_training(budget: ml_collections.ConfigDict, base: ml_collections.C
   if not recorded.exists():  # a workdir from before the record (its run had one phase)
     recorded = workdir / base.stage / "config.json"
   if recorded.exists():
-    steps = json.loads(recorded.read_text()).get("train", {}).get("num_steps")
+    started = json.loads(recorded.read_text())
+    steps = started.get("train", {}).get("num_steps")
+    if started.get("text", {}).get("cache_dir") == CURRICULUM_CACHE:
+      steps = None  # the curriculum's first phase, stopped there: its count is not the run's
     if steps:
       print(f"[budget] base stage: {steps} steps, as this workdir's run was started "
             "(--config.base.train.num_steps=N sets another count)")

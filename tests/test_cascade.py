@@ -135,6 +135,41 @@ def test_demo_budget_gives_a_faster_machine_more_base_steps():
   assert load_config(str(CONFIGS / "demo.py:quick")).base.train.num_steps == 12
 
 
+def test_a_rerun_resumes_the_base_step_count_its_run_was_started_with(tmp_path, monkeypatch):
+  """`base.train.num_steps=0` leaves the count to the budget, but a re-run must resume the run
+  it finds, whoever chose its count: the budget (base_budget.json), an explicit
+  `--config.base.train.num_steps=N` (recorded by train_base too), or — in a workdir from before
+  the record — the stage's config.json, unless that config is the curriculum's first phase
+  (stopped there, it holds the phase's count, not the run's: the budget decides again)."""
+  import imagen_jax.train.loop as loop
+  from imagen_jax.demo import size_base_training, train_base
+
+  timed = []
+  monkeypatch.setattr(loop, "measure_step_seconds",
+                      lambda config: timed.append(1) or {"step_s": 0.1, "compile_s": 1.0})
+  monkeypatch.setattr(loop, "train", lambda config, workdir, progress: {"stopped": False})
+  config = load_config(str(CONFIGS / "demo.py"))
+  base = load_config(str(CONFIGS / "base64.py:tiny"))
+  budget_count = 5931  # 100 ms a step, 30 + 1 (compile) + 25 × 0.1 s spent: 806.5 / 0.11 − 1400
+
+  def started(workdir, cache_dir, num_steps):
+    (workdir / "base64").mkdir(parents=True)
+    (workdir / "base64" / "config.json").write_text(json.dumps(
+        {"text": {"cache_dir": cache_dir}, "train": {"num_steps": num_steps}}))
+    return workdir
+
+  phase_one = started(tmp_path / "a", "{workdir}/curriculum_cache", 2000)
+  assert size_base_training(config.budget, base, phase_one, 30) == budget_count and timed
+  one_phase = started(tmp_path / "b", "", 4321)
+  timed.clear()
+  assert size_base_training(config.budget, base, one_phase, 30) == 4321 and not timed
+  # an explicit count: recorded, resumed by a later run that leaves the count to the budget
+  config.curriculum.fraction = 0.0
+  base.train.num_steps = 7000
+  train_base(config, tmp_path / "c", base)
+  assert size_base_training(config.budget, base, tmp_path / "c", 30) == 7000 and not timed
+
+
 def test_python_api_is_reproducible_and_compiles_each_stage_once(demo_workdir):
   workdir, _ = demo_workdir
   cascade = load_cascade(workdir)

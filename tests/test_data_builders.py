@@ -67,6 +67,33 @@ def test_building_a_dataset_logs_no_custom_config_warning(shapes_dir, caplog):
   assert [r for r in caplog.records if "after the build" in r.getMessage()]
 
 
+def test_a_second_process_waits_for_a_build_under_way_and_reuses_it(tmp_path, caplog):
+  """Two builds of one dataset at once used to end with one failing ("Cannot rename
+  …incomplete… Destination … already exists"): while one holds the dataset's build lock, another
+  build_dataset waits, says why, then reads the finished dataset (its splits, not an empty
+  info)."""
+  import threading
+  import time
+
+  from imagen_jax.data.builders import _one_build_at_a_time, make_builder
+
+  spec = dict(resolution=16, num_train=12, num_test=4, seed=5)
+  builder, built = make_builder("shapes", tmp_path, **spec), []
+  with caplog.at_level(logging.WARNING), _one_build_at_a_time(tmp_path, builder) as waited:
+    assert not waited
+    second = threading.Thread(target=lambda: built.append(build_dataset("shapes", tmp_path,
+                                                                        **spec)))
+    second.start()
+    deadline = time.time() + 60
+    while not any("being prepared by another process" in r.getMessage() for r in caplog.records):
+      assert time.time() < deadline and second.is_alive(), "the second build did not wait"
+      time.sleep(0.05)
+    builder.download_and_prepare()  # the lock holder builds while the other waits
+  second.join(timeout=60)
+  assert built and built[0].splits == {"train": 12, "test": 4}
+  assert built[0].directory == Path(builder.data_dir)
+
+
 def test_shapes_ground_truth_matches_pixels(shapes_dir):
   """Recover each colour's bounding box from the pixels and compare with the stored boxes."""
   palette = np.array([shapes_scene.COLORS[c] for c in shapes_scene.COLOR_NAMES])

@@ -7,12 +7,16 @@
 
 The keyword arguments are those of each builder's config `make` (see the modules). Builds are
 `file_format="array_record"`, need no TensorFlow, and are reused if already prepared (pass
-`overwrite=True` to rebuild, e.g. after the images of a captioned folder changed).
+`overwrite=True` to rebuild, e.g. after the images of a captioned folder changed). Processes that
+build the same dataset in a local data dir at once take turns (a file lock): the first builds, the
+others wait and reuse it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -87,8 +91,41 @@ def build_dataset(name: str, data_dir: str | os.PathLike, *, overwrite: bool = F
   builder = make_builder(name, data_dir, **kwargs)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+  with _one_build_at_a_time(data_dir, builder) as waited:
+    if waited:  # built meanwhile by the process waited for: a builder made now reads its info
+      builder = make_builder(name, data_dir, **kwargs)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   directory = Path(builder.data_dir)
   splits = {s: int(info.num_examples) for s, info in builder.info.splits.items()}
   log.info("dataset %s prepared in %s: %s", name, directory, splits)
   return BuildResult(name, directory, splits, dataset_metadata(directory))
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(data_dir: str | os.PathLike, builder: tfds.core.DatasetBuilder):
+  """Held while `builder` prepares: TFDS writes a build into a temporary directory and renames it
+  into place, so two processes building the same dataset at once (two demos started on one
+  workdir, a test run beside a benchmark) used to end with one of them failing ("Cannot rename
+  …incomplete… Destination … already exists"). An exclusive lock on a file under
+  `<data_dir>/.build_locks` makes them take turns: the second then finds the dataset prepared.
+  A bucket (gs://…) has no file locks: prepare a dataset there from one process. Yields whether
+  it waited for another process."""
+  if "://" in str(data_dir):
+    yield False
+    return
+  locks = Path(data_dir, ".build_locks")
+  locks.mkdir(parents=True, exist_ok=True)
+  name = f"{builder.name}-{builder.builder_config.name}-{builder.version}.lock"
+  with open(locks / name, "a") as lock:
+    waited = False
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      waited = True
+      log.warning("dataset %s is being prepared by another process; waiting for it (%s)",
+                  builder.name, Path(builder.data_dir))
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield waited
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
