@@ -69,9 +69,10 @@ def test_mesh_placement_and_cache_match_one_device(t5_dir, captions, tmp_path):
   assert q.addressable_shards[0].data.shape == (q.shape[0] // 2, q.shape[1] // 2)
   split_ids, split = _all(_encode(t5_dir, captions, tmp_path / "split", batch_size=8, mesh=mesh))
   assert split_ids == ids
-  # partial sums over split weights are added in another order: float32 rounding, a few ulps of
-  # the largest value (|x| ≈ 4)
-  assert np.abs(split - ref).max() <= 1e-6 * np.abs(ref).max()
+  # partial sums over split weights are added in another order: float32 rounding through the
+  # layers, ~15 ulps of the largest value (|x| ≈ 4; within 1e-6 × max on the CPUs of earlier runs,
+  # 1.04e-6 on an AMD EPYC); a weight on the wrong shard errs by O(1)
+  assert np.abs(split - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def _free_port():
