@@ -13,8 +13,10 @@ its data or text pretraining, `--base-set KEY=VALUE` the base stage's); runs res
 (re-running reuses data, caches, checkpoints). Each prints markdown tables, writes them to
 `<workdir>/quality_<kind>.json`, and writes PNGs (plots and sample grids) to `<workdir>/plots/`.
 
-`shapes` — the demo cascade trained longer (its curriculum included), then, on held-out test
-captions, sampled as the demo samples (`sample` in configs/demo.py: the sampler and its steps):
+`shapes` — the demo cascade trained longer (its curriculum included; by default 24000 base steps
+on 20000 scenes, ≈ 45 min of training here, RESULTS issue 17 §19–20), then, on held-out test
+captions, sampled as the demo samples (`sample` in configs/demo.py: the sampler, its steps and
+each stage's guidance weight):
   * alignment of the cascade's **final** 64 px images (the exact scorer) vs training step, at every
     kept base checkpoint (`curve_alignment.png`, and the demo prompts' grid at each checkpoint);
   * the guidance-weight sweep × static/dynamic thresholding (Imagen's claims: guidance trades
@@ -136,8 +138,9 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
               not args.no_progress)
   rows: list[dict] = []
   sample = config.sample
-  opts = lambda w, kind="static", level=None: {
-      n: SamplingOptions(w, sample.sampler, sample.num_steps, kind, aug_level=level)
+  opts = lambda w, kind="static", level=None: {  # the base stage at w, SR as the demo samples
+      n: SamplingOptions(sample.sr_guidance_weight if n.startswith("sr") else w, sample.sampler,
+                         sample.num_steps, kind, aug_level=level)
       for n in ("base64", "sr256", "sr256_noaug")}
 
   # alignment of the final images vs training step, and the demo prompts at each checkpoint
@@ -162,7 +165,8 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
   cascade = cascade_at(workdir, ["base64", "sr256"])
   for row in evaluate_cascade(cascade, str(data.directory), num=args.num, guidance=args.guidance,
                               thresholding=args.thresholding, steps=sample.num_steps, seed=1,
-                              sampler=sample.sampler):
+                              sampler=sample.sampler,
+                              sr_guidance_cascade=sample.sr_guidance_weight):
     rows.append({"table": "guidance" if "guidance" in row else "sr", **row})
 
   # noise conditioning augmentation on vs off (SR)
@@ -177,7 +181,8 @@ def run_shapes(args: argparse.Namespace) -> list[dict]:
   real_hi, real_lo = image_ops.signed_batch(real, 64), image_ops.signed_batch(real, 32)
   for name, level in (("sr256", 0.0), ("sr256", 0.05), ("sr256", 0.1), ("sr256_noaug", 0.0)):
     sr_only = cascade_at(workdir, [name])
-    o = opts(1.0, "static", level)
+    o = {name: SamplingOptions(1.0, sample.sampler, sample.num_steps, "static",  # unguided
+                               aug_level=level)}
     final = sr_only.sample(captions, seed=1, lowres=base_images, options=o)[name]
     up = sr_only.sample(captions, seed=1, lowres=real_lo, options=o)[name]
     align = shapes_alignment(final, captions, "final_")
@@ -318,10 +323,11 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("kind", choices=("shapes", "fashion", "emoji"))
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--base-steps", type=int, default=8000, help="shapes: base stage steps")
+  parser.add_argument("--base-steps", type=int, default=24000,
+                      help="shapes: base stage steps (24000: ≈ 45 min on 2 cores)")
   parser.add_argument("--sr-steps", type=int, default=1500, help="shapes: SR stage steps")
-  parser.add_argument("--num-train", type=int, default=4000,
-                      help="shapes: training scenes (default: the demo's 4000)")
+  parser.add_argument("--num-train", type=int, default=20000,
+                      help="shapes: training scenes (the demo trains on 4000)")
   parser.add_argument("--steps", type=int, default=6000, help="fashion/emoji: stage steps")
   parser.add_argument("--batch-size", type=int, default=16, help="fashion: batch size")
   parser.add_argument("--num", type=int, default=None,

@@ -153,7 +153,8 @@ def check_demo_config(config: ml_collections.ConfigDict) -> None:
 
   s = config.sample
   try:
-    SamplingOptions(s.guidance_weight, s.sampler, s.num_steps, s.thresholding).sampler_config()
+    for weight in (s.guidance_weight, s.sr_guidance_weight):
+      SamplingOptions(weight, s.sampler, s.num_steps, s.thresholding).sampler_config()
   except ValueError as e:
     raise ValueError(f"config.sample: {e}") from None
   _check_curriculum(config.curriculum)
@@ -187,7 +188,7 @@ def train_base(config: ml_collections.ConfigDict, workdir: Path,
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Run the demo described in the module docstring; returns (and writes) its metrics."""
-  from imagen_jax.cascade import SamplingOptions, load_cascade
+  from imagen_jax.cascade import load_cascade
   from imagen_jax.train.loop import train
   from imagen_jax.train.metrics import make_grid
 
@@ -209,9 +210,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
   _section("4/5 sample the cascade")
   cascade = load_cascade(workdir, ["base64", "sr256"])
-  opts = {s.name: SamplingOptions(config.sample.guidance_weight, config.sample.sampler,
-                                  config.sample.num_steps, config.sample.thresholding)
-          for s in cascade.stages}
+  opts = sampling_options(config.sample, cascade.stages)
   prompts = list(config.sample.prompts)
   images = cascade.sample(prompts, seed=config.sample.seed, options=opts)
   grid_path = workdir / "demo_grid.png"
@@ -223,7 +222,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   metrics = {"prompts": prompts, "minutes": None, "base_steps": base.train.num_steps,
              "sr_steps": sr.train.num_steps,
              "sampling": {k: config.sample[k] for k in ("sampler", "num_steps",
-                                                         "guidance_weight", "thresholding")}}
+                                                         "guidance_weight", "sr_guidance_weight",
+                                                         "thresholding")}}
   metrics.update(_evaluate(cascade, data.directory, config))
   metrics["minutes"] = round((time.time() - t0) / 60, 2)
   (workdir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -231,6 +231,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   print(f"\ngrid: {grid_path}\nmetrics: {workdir / 'demo_metrics.json'} "
         f"(total {metrics['minutes']} min)")
   return metrics
+
+
+def sampling_options(sample: ml_collections.ConfigDict, stages) -> dict[str, Any]:
+  """The demo's `sample` settings as each stage's `SamplingOptions`: the base stage at
+  `guidance_weight`, SR stages at `sr_guidance_weight`."""
+  from imagen_jax.cascade import SamplingOptions
+
+  return {s.name: SamplingOptions(sample.sr_guidance_weight if s.lowres_resolution else
+                                  sample.guidance_weight, sample.sampler, sample.num_steps,
+                                  sample.thresholding) for s in stages}
 
 
 BUDGET_RECORD = "base_budget.json"  # the base step count the budget chose (all phases)
@@ -314,6 +324,7 @@ def _evaluate(cascade, dataset_dir: Path, config: ml_collections.ConfigDict) -> 
   sample = config.sample
   rows = evaluate_cascade(cascade, str(dataset_dir), split="test", num=config.eval.num_prompts,
                           guidance=[sample.guidance_weight], thresholding=[sample.thresholding],
+                          sr_guidance_cascade=sample.sr_guidance_weight,
                           steps=sample.num_steps, seed=sample.seed + 1,
                           sampler=sample.sampler)
   captions, real = read_split(str(dataset_dir), "test", config.eval.num_prompts)

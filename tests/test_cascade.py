@@ -66,7 +66,7 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   # phase two continued phase one's checkpoint, not the old data's iterator state
   line = next(l for l in metrics["log"].splitlines() if "resumed from step 8" in l)
   assert line.startswith("[base64] resumed from step 8, on other data than it was trained on so "
-                         "far (dataset ") and "caption cache {workdir}/curriculum_cache → " in line
+                         "far (dataset ") and "cache {workdir}/curriculum_cache → {workdir}/text_cache)" in line
   # what the curriculum's skip is decided on: the stage's checkpointed steps (none: [])
   from imagen_jax.train.checkpoint import stage_checkpoint_steps
   assert {8, 16} <= set(stage_checkpoint_steps(workdir / "base64"))
@@ -88,7 +88,13 @@ def test_quick_demo_writes_grid_and_metrics(demo_workdir):
   assert saved["bicubic_psnr"] > 20 and saved["bicubic_align_all"] >= 0.9
   # what sampled the grid and the scored images
   assert saved["sampling"] == {"sampler": "dpmpp_2m_sde", "num_steps": 5, "guidance_weight": 3.0,
-                               "thresholding": "static"}
+                               "sr_guidance_weight": 3.0, "thresholding": "static"}
+  # each stage at its own weight
+  from imagen_jax.demo import sampling_options
+  sample = demo_config().sample
+  sample.update(guidance_weight=4.0, sr_guidance_weight=1.5)
+  opts = sampling_options(sample, load_cascade(workdir, ["base64", "sr256"]).stages)
+  assert (opts["base64"].guidance_weight, opts["sr256"].guidance_weight) == (4.0, 1.5)
 
 
 def test_curriculum_fraction_is_checked(tmp_path):

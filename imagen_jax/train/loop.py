@@ -322,10 +322,12 @@ def recorded_config(config: ml_collections.ConfigDict, workdir: Path) -> ml_coll
 
 
 def _data_source(config: dict[str, Any]) -> tuple[Any, ...]:
-  """What a recorded config trained on — dataset, split and caption cache — which a resumed
-  data-iterator state belongs to."""
+  """What a recorded config trained on — dataset, split and caption cache (unset: the workdir's
+  default, as `text.encode.cache_dir_for` reads it) — which a resumed data-iterator state belongs
+  to."""
   data, text = config.get("data") or {}, config.get("text") or {}
-  return data.get("dataset"), data.get("split"), text.get("cache_dir")
+  return (data.get("dataset"), data.get("split"),
+          text.get("cache_dir") or "{workdir}/text_cache")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *, progress: bool = True,
